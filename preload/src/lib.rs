@@ -1,0 +1,2 @@
+//! libwisp.so: the LD_PRELOAD interposer. Nothing here runs until a wisp
+//! name is used; a program that never names a peer sees no difference.
