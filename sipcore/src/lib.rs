@@ -1,1 +1,3 @@
+pub mod ids;
 pub mod msg;
+pub mod transaction;
