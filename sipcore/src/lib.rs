@@ -1,3 +1,4 @@
+pub mod endpoint;
 pub mod ids;
 pub mod msg;
 pub mod transaction;
