@@ -20,6 +20,32 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
+/// What an I/O driver needs of a sans-IO SIP core (the endpoint itself, a
+/// user agent, the proxy): bytes and time in, bytes and a deadline out.
+/// One driver loop then serves every role.
+pub trait SansIo {
+    /// One whole datagram, or one message the driver cut from a TCP stream.
+    fn receive(&mut self, bytes: &[u8], from: Peer, now: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl SansIo for Endpoint {
+    fn receive(&mut self, bytes: &[u8], from: Peer, now: Instant) {
+        Endpoint::receive(self, bytes, from, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Endpoint::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Endpoint::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Endpoint::poll_timeout(self)
+    }
+}
+
 /// Names one transaction: its branch and the method it matches on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TxKey {
