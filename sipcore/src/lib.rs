@@ -1,4 +1,6 @@
+pub mod dialog;
 pub mod endpoint;
 pub mod ids;
 pub mod msg;
 pub mod transaction;
+pub mod ua;
