@@ -1,4 +1,5 @@
 pub mod dialog;
+pub mod digest;
 pub mod endpoint;
 pub mod ids;
 pub mod msg;
