@@ -336,10 +336,27 @@ impl Ua {
             .push_back(UaEvent::Registered { expires: granted });
     }
 
-    /// Credentials for a 401/407 challenge, when we have a password.
+    /// Credentials for a 401/407 challenge, when we have a password: the
+    /// strongest algorithm offered (SHA-256 over MD5, RFC 8760).
     fn authorize(&self, req: &Message, resp: &Message) -> Option<(Name, String)> {
-        let _ = (req, resp, &self.config.password);
-        None
+        let password = self.config.password.as_deref()?;
+        let (challenge_header, answer_header) = match resp.code() {
+            Some(407) => (Name::PROXY_AUTHENTICATE, Name::PROXY_AUTHORIZATION),
+            _ => (Name::WWW_AUTHENTICATE, Name::AUTHORIZATION),
+        };
+        let values: Vec<String> = resp
+            .headers
+            .get_raw(&challenge_header)
+            .map(|v| v.to_string())
+            .collect();
+        let challenge = crate::digest::strongest(values.iter().map(String::as_str))?;
+        let cnonce = crate::digest::new_cnonce().ok()?;
+        let method = req.method()?.to_string();
+        let uri = req.uri_text()?;
+        let value = crate::digest::respond(
+            &challenge, &self.user, password, &method, &uri, &req.body, &cnonce, 1,
+        );
+        Some((answer_header, value))
     }
 
     // ---- calls ----------------------------------------------------------
@@ -1298,5 +1315,54 @@ Max-Forwards: 70\r\nTo: <{target}>\r\nFrom: <sip:n0@127.0.0.1>;tag=x\r\nCall-ID:
         net.nodes[0].unregister(net.now);
         let t = net.nodes[0].poll_transmit().unwrap();
         assert!(String::from_utf8_lossy(&t.bytes).contains("Expires: 0"));
+    }
+
+    #[test]
+    fn register_answers_a_digest_challenge() {
+        let mut net = Net::new(&["alice"]);
+        let registrar: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        net.nodes[0].config.proxy = Some(registrar);
+        net.nodes[0].config.password = Some("secret".into());
+        let verifier = crate::digest::Verifier::new([7; 32], "127.0.0.1");
+        let now = net.now;
+        net.nodes[0].register(now);
+        let from = Peer {
+            transport: Transport::Udp,
+            addr: registrar,
+        };
+        let mut verified = None;
+        for _ in 0..3 {
+            let Some(t) = net.nodes[0].poll_transmit() else {
+                break;
+            };
+            let req = Message::parse(&t.bytes).unwrap();
+            let resp = match req.raw(&Name::AUTHORIZATION) {
+                None => {
+                    let mut r = Message::response_to(&req, 401, Some("r"));
+                    for c in verifier.challenges(1000, false) {
+                        r.add(Name::WWW_AUTHENTICATE, c);
+                    }
+                    r
+                }
+                Some(creds) => {
+                    assert!(
+                        creds.contains("SHA-256"),
+                        "strongest algorithm chosen: {creds}"
+                    );
+                    let uri = req.uri_text().unwrap();
+                    verified = Some(verifier.verify(
+                        creds,
+                        "REGISTER",
+                        &uri,
+                        |u| (u == "alice").then(|| "secret".to_string()),
+                        1001,
+                    ));
+                    Message::response_to(&req, 200, Some("r"))
+                }
+            };
+            net.nodes[0].receive(&resp.to_bytes(), from, now);
+        }
+        assert_eq!(verified, Some(Ok("alice".to_string())));
+        assert!(matches!(&net.events(0)[..], [UaEvent::Registered { .. }]));
     }
 }
