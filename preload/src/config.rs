@@ -67,7 +67,11 @@ impl Config {
         if let Some(v) = get("WISP_PROXY").filter(|v| !v.is_empty()) {
             match v.parse::<SocketAddr>() {
                 Ok(a) => c.proxy = Some(a),
-                Err(_) => bad("WISP_PROXY", &v, "IP:PORT (e.g. 10.0.4.1:5060 or [fd00::1]:5060)"),
+                Err(_) => bad(
+                    "WISP_PROXY",
+                    &v,
+                    "IP:PORT (e.g. 10.0.4.1:5060 or [fd00::1]:5060)",
+                ),
             }
         }
         if let Some(v) = get("WISP_TRANSPORT").filter(|v| !v.is_empty()) {
@@ -90,7 +94,9 @@ impl Config {
                 None => bad("WISP_LOG", &v, "error, warn, info, debug or trace"),
             }
         }
-        c.log_file = get("WISP_LOG_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        c.log_file = get("WISP_LOG_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         for (var, slot) in [
             ("WISP_CONNECT_TIMEOUT", &mut c.connect_timeout),
             ("WISP_MOVE_TIMEOUT", &mut c.move_timeout),
@@ -118,7 +124,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 

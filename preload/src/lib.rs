@@ -7,3 +7,10 @@ pub mod config;
 pub mod fdtable;
 pub mod names;
 pub mod real;
+pub mod resolve;
+pub mod state;
+
+// The hooks are left out of unit-test builds: a test binary must not
+// interpose its own libc calls.
+#[cfg(not(test))]
+pub mod hooks;

@@ -104,7 +104,11 @@ pub fn log(l: Level, args: std::fmt::Arguments<'_>) {
     raw_write(FD.load(Ordering::Relaxed), &line.buf[..line.len + 1]);
 }
 
+#[allow(unused_macros)]
 macro_rules! error { ($($t:tt)*) => { $crate::log::log($crate::log::Level::Error, format_args!($($t)*)) } }
+#[allow(unused_macros)]
 macro_rules! warn { ($($t:tt)*) => { $crate::log::log($crate::log::Level::Warn, format_args!($($t)*)) } }
+#[allow(unused_macros)]
 macro_rules! info { ($($t:tt)*) => { $crate::log::log($crate::log::Level::Info, format_args!($($t)*)) } }
+#[allow(unused_macros)]
 macro_rules! debug { ($($t:tt)*) => { $crate::log::log($crate::log::Level::Debug, format_args!($($t)*)) } }

@@ -42,7 +42,9 @@ impl NameMap {
             }
             let mut fields = line.split_whitespace();
             let uri = fields.next().unwrap_or_default();
-            let names: Vec<String> = fields.map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect();
+            let names: Vec<String> = fields
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect();
             let reason = if !is_sip_uri(uri) {
                 Some(format!("{uri:?} is not a sip: URI with a user and a host"))
             } else if names.is_empty() {
@@ -57,8 +59,14 @@ impl NameMap {
                 None
             };
             match reason {
-                Some(reason) => bad.push(BadLine { line: i + 1, reason }),
-                None => map.entries.push(Entry { uri: uri.to_string(), names }),
+                Some(reason) => bad.push(BadLine {
+                    line: i + 1,
+                    reason,
+                }),
+                None => map.entries.push(Entry {
+                    uri: uri.to_string(),
+                    names,
+                }),
             }
         }
         (map, bad)
@@ -112,7 +120,8 @@ impl NameMap {
         match ip {
             IpAddr::V4(v4) => (u32::from(v4) & !(V4_SIZE - 1)) == V4_BASE,
             IpAddr::V6(v6) => {
-                v6.to_ipv4_mapped().is_some_and(|v4| NameMap::is_placeholder(IpAddr::V4(v4)))
+                v6.to_ipv4_mapped()
+                    .is_some_and(|v4| NameMap::is_placeholder(IpAddr::V4(v4)))
                     || (u128::from(v6) >> 64) == (V6_BASE >> 64)
             }
         }

@@ -64,7 +64,10 @@ macro_rules! real {
     };
 }
 
-use libc::{c_char, c_int, c_void, addrinfo, hostent, msghdr, pollfd, size_t, sockaddr, socklen_t, ssize_t, nfds_t, iovec, off_t, mmsghdr, c_uint, epoll_event, fd_set, timeval, timespec, sigset_t};
+use libc::{
+    addrinfo, c_char, c_int, c_uint, c_void, epoll_event, fd_set, hostent, iovec, mmsghdr, msghdr,
+    nfds_t, off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
+};
 
 real! {
     socket: fn(domain: c_int, ty: c_int, proto: c_int) -> c_int;
