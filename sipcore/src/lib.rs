@@ -1,6 +1,7 @@
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;
+pub mod framing;
 pub mod ids;
 pub mod msg;
 pub mod sdp;

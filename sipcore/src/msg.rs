@@ -140,6 +140,33 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Content-Length from every value a head carries for it. The stream
+/// framer calls this too, so the length that cuts a TCP stream is exactly
+/// the length the parser believes: two readings of one header that differ
+/// are how requests get smuggled past a proxy.
+pub(crate) fn content_length_of<'a>(
+    mut values: impl Iterator<Item = &'a str>,
+) -> Result<Option<usize>, ParseError> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let first = first.trim();
+    // 1*DIGIT only (RFC 3261 §20.14): `parse` alone would also take "+5",
+    // which another stack on the path may read differently.
+    let bad = || ParseError::BadContentLength(first.chars().take(80).collect());
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n = first.parse::<usize>().map_err(|_| bad())?;
+    if values.any(|v| v.trim() != first) {
+        return Err(ParseError::BadContentLength("conflicting values".into()));
+    }
+    if n > MAX_MESSAGE {
+        return Err(ParseError::TooLarge(n));
+    }
+    Ok(Some(n))
+}
+
 /// Canonical (long) header name for a name as it appeared on the wire,
 /// expanding RFC 3261 compact forms.
 fn header_name(raw: &str) -> Name {
@@ -229,22 +256,11 @@ impl Message {
     }
 
     fn content_length(&self) -> Result<Option<usize>, ParseError> {
-        let mut values = self.headers.get_raw(&Name::CONTENT_LENGTH);
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        let n = first
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| ParseError::BadContentLength(first.to_string()))?;
-        // Two different lengths is the classic request-smuggling shape.
-        if values.any(|v| v.trim() != first.trim()) {
-            return Err(ParseError::BadContentLength("conflicting values".into()));
-        }
-        if n > MAX_MESSAGE {
-            return Err(ParseError::TooLarge(n));
-        }
-        Ok(Some(n))
+        content_length_of(
+            self.headers
+                .get_raw(&Name::CONTENT_LENGTH)
+                .map(|v| v.as_str()),
+        )
     }
 
     /// The headers every transaction needs must be present and readable
@@ -623,6 +639,11 @@ v=0\r\n";
         assert!(matches!(
             Message::parse(short.as_bytes()),
             Err(ParseError::BodyTruncated { .. })
+        ));
+        let signed = INVITE.replace("l: 4", "l: +4");
+        assert!(matches!(
+            Message::parse(signed.as_bytes()),
+            Err(ParseError::BadContentLength(_))
         ));
         assert!(Message::parse(b"\x00\xff garbage").is_err());
         assert!(Message::parse(b"").is_err());
