@@ -1,6 +1,9 @@
+pub mod dns;
 pub mod endpoint;
 pub mod ids;
 #[cfg(feature = "io")]
 pub mod io;
+#[cfg(feature = "io")]
+pub mod locate;
 pub mod msg;
 pub mod transaction;
