@@ -5,6 +5,10 @@
 //! goes to the engine inside `guard`, which turns a panic into -1/errno and
 //! a log line: a panic must never unwind into C, and never fall through to
 //! the real call with a placeholder address.
+//!
+//! The safety contract of every hook is that of the libc function it
+//! replaces (its man page): C callers cannot read a `# Safety` section.
+#![allow(clippy::missing_safety_doc)]
 
 use crate::real;
 use crate::resolve;
@@ -13,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Run `f`; on panic log it, set errno and return `fail`.
 fn guard<T>(what: &str, fail: T, f: impl FnOnce() -> T) -> T {
+    let _inside = crate::state::Inside::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(_) => {
@@ -23,10 +28,8 @@ fn guard<T>(what: &str, fail: T, f: impl FnOnce() -> T) -> T {
     }
 }
 
-pub fn set_errno(e: c_int) {
-    // SAFETY: errno location is always valid for the calling thread.
-    unsafe { *libc::__errno_location() = e };
-}
+use crate::engine::{self, set_errno};
+use crate::fdtable;
 
 // ---- name resolution --------------------------------------------------
 
@@ -39,7 +42,7 @@ pub unsafe extern "C" fn getaddrinfo(
 ) -> c_int {
     let numeric = !hints.is_null() && unsafe { (*hints).ai_flags } & libc::AI_NUMERICHOST != 0;
     if !numeric {
-        if let Some(index) = guard("getaddrinfo", None, || resolve::lookup(node)) {
+        if let Some(index) = guard("getaddrinfo", None, || unsafe { resolve::lookup(node) }) {
             return guard("getaddrinfo", libc::EAI_FAIL, || unsafe {
                 resolve::getaddrinfo(index, service, hints, res)
             });
@@ -80,7 +83,7 @@ fn static_hostent(index: usize, af: c_int) -> *mut hostent {
 
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
-    match guard("gethostbyname", None, || resolve::lookup(name)) {
+    match guard("gethostbyname", None, || unsafe { resolve::lookup(name) }) {
         Some(index) => static_hostent(index, libc::AF_INET),
         None => unsafe { real::gethostbyname(name) },
     }
@@ -88,7 +91,7 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
 
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
-    match guard("gethostbyname2", None, || resolve::lookup(name)) {
+    match guard("gethostbyname2", None, || unsafe { resolve::lookup(name) }) {
         Some(index) => static_hostent(index, af),
         None => unsafe { real::gethostbyname2(name, af) },
     }
@@ -116,7 +119,7 @@ pub unsafe extern "C" fn gethostbyname2_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if let Some(index) = guard("gethostbyname_r", None, || resolve::lookup(name)) {
+    if let Some(index) = guard("gethostbyname_r", None, || unsafe { resolve::lookup(name) }) {
         let rc = unsafe { resolve::fill_hostent(index, af, ret, buf, buflen) };
         unsafe {
             *result = if rc == 0 { ret } else { std::ptr::null_mut() };
@@ -180,4 +183,279 @@ pub unsafe extern "C" fn getnameinfo(
         }
     }
     unsafe { real::getnameinfo(addr, len, host, hostlen, serv, servlen, flags) }
+}
+
+// ---- sockets: set-up and tear-down --------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if let Some((ip, port)) = unsafe { resolve::sockaddr_ip(addr, len) } {
+        if crate::names::NameMap::is_placeholder(ip) {
+            let target = std::net::SocketAddr::new(ip, port);
+            return guard("connect", -1, || engine::connect(fd, target));
+        }
+    }
+    unsafe { real::connect(fd, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let rc = unsafe { real::listen(fd, backlog) };
+    if rc == 0 && crate::state::wants_listeners() && !crate::state::Inside::is() {
+        let saved = unsafe { *libc::__errno_location() };
+        guard("listen", (), || engine::after_listen(fd));
+        set_errno(saved);
+    }
+    rc
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let new = unsafe { real::accept(fd, addr, len) };
+    if new >= 0 && fdtable::is_managed(fd) {
+        guard("accept", (), || engine::after_accept(fd, new));
+    }
+    new
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let new = unsafe { real::accept4(fd, addr, len, flags) };
+    if new >= 0 && fdtable::is_managed(fd) {
+        guard("accept4", (), || engine::after_accept(fd, new));
+    }
+    new
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if fdtable::kind(fd) == fdtable::Kind::Stream {
+        if let Some(seen) = guard("getpeername", None, || engine::peer_seen(fd)) {
+            let rc = unsafe { real::getpeername(fd, addr, len) };
+            if rc == 0 {
+                unsafe { engine::write_out(seen, engine::socket_family(fd), addr, len) };
+            }
+            return rc;
+        }
+    }
+    unsafe { real::getpeername(fd, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if fdtable::is_managed(fd) {
+        guard("close", (), || engine::release(fd));
+    }
+    unsafe { real::close(fd) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    static REAL: real::Sym = real::Sym::new(b"close_range\0");
+    type F = unsafe extern "C" fn(libc::c_uint, libc::c_uint, c_int) -> c_int;
+    // SAFETY: glibc's close_range has this signature.
+    let f: F = unsafe { std::mem::transmute(REAL.get()) };
+    let rc = unsafe { f(first, last, flags) };
+    if rc == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        let end = (last as usize).min(fdtable::MAX_FD - 1);
+        for fd in first as usize..=end {
+            if fdtable::is_managed(fd as c_int) {
+                guard("close_range", (), || engine::release(fd as c_int));
+            }
+        }
+    }
+    rc
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let new = unsafe { real::dup(fd) };
+    if new >= 0 && fdtable::is_managed(fd) {
+        guard("dup", (), || engine::duplicated(fd, new));
+    }
+    new
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    unsafe { dup3_common(old, new, None) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    unsafe { dup3_common(old, new, Some(flags)) }
+}
+
+unsafe fn dup3_common(old: c_int, new: c_int, flags: Option<c_int>) -> c_int {
+    let rc = match flags {
+        None => unsafe { real::dup2(old, new) },
+        Some(f) => unsafe { real::dup3(old, new, f) },
+    };
+    if rc >= 0 && old != new && (fdtable::is_managed(new) || fdtable::is_managed(old)) {
+        guard("dup2", (), || {
+            engine::release(new);
+            engine::duplicated(old, new);
+        });
+    }
+    rc
+}
+
+/// fcntl is variadic; on x86_64 and aarch64 the optional third argument
+/// travels in a register either way, so taking it as a long is exact.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    static REAL: real::Sym = real::Sym::new(b"fcntl\0");
+    unsafe { fcntl_common(&REAL, fd, cmd, arg) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    static REAL: real::Sym = real::Sym::new(b"fcntl64\0");
+    unsafe { fcntl_common(&REAL, fd, cmd, arg) }
+}
+
+unsafe fn fcntl_common(sym: &real::Sym, fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    type F = unsafe extern "C" fn(c_int, c_int, libc::c_ulong) -> c_int;
+    // SAFETY: fcntl's ABI as described above.
+    let f: F = unsafe { std::mem::transmute(sym.get()) };
+    let rc = unsafe { f(fd, cmd, arg) };
+    if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && fdtable::is_managed(fd)
+    {
+        guard("fcntl", (), || engine::duplicated(fd, rc));
+    }
+    rc
+}
+
+// ---- the data path and the waits ----------------------------------------
+//
+// A stream's bytes flow on the program's own kernel socket, so these pass
+// through today; they are here so that every path a byte can take already
+// runs through one place when streams learn to move.
+
+macro_rules! passthrough {
+    ($($name:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($a: $t),*) -> $r {
+                unsafe { real::$name($($a),*) }
+            }
+        )*
+    };
+}
+
+use libc::{
+    c_uint, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off_t, pollfd, sigset_t,
+    size_t, ssize_t, timespec, timeval,
+};
+
+passthrough! {
+    read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    recvmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int, timeout: *mut timespec) -> c_int;
+    sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int;
+    sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
+    sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
+    poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
+    ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int;
+    select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *mut timeval) -> c_int;
+    pselect(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *const timespec, mask: *const sigset_t) -> c_int;
+    epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int;
+    epoll_wait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int;
+    epoll_pwait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int;
+}
+
+/// sendto() to a placeholder on an unconnected socket would put the
+/// placeholder on the wire: refuse it rather than fall through.
+#[no_mangle]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    if let Some((ip, _)) = unsafe { resolve::sockaddr_ip(addr, len) } {
+        if crate::names::NameMap::is_placeholder(ip) {
+            warn!("sendto a wisp name on an unconnected socket is not supported yet; connect() the socket first");
+            set_errno(libc::EDESTADDRREQ);
+            return -1;
+        }
+    }
+    unsafe { real::sendto(fd, buf, n, flags, addr, len) }
+}
+
+// Fortified (_FORTIFY_SOURCE) entry points: the same calls with a buffer
+// size check, which glibc does before calling the plain function.
+
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    if n > buflen {
+        unsafe { libc::abort() };
+    }
+    unsafe { read(fd, buf, n) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if n > buflen {
+        unsafe { libc::abort() };
+    }
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    if n > buflen {
+        unsafe { libc::abort() };
+    }
+    unsafe { recvfrom(fd, buf, n, flags, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut pollfd,
+    n: nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
+    if (fdslen / std::mem::size_of::<pollfd>()) < n as usize {
+        unsafe { libc::abort() };
+    }
+    unsafe { poll(fds, n, timeout) }
 }

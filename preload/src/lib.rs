@@ -4,10 +4,12 @@
 #[macro_use]
 pub mod log;
 pub mod config;
+pub mod engine;
 pub mod fdtable;
 pub mod names;
 pub mod real;
 pub mod resolve;
+pub mod sip;
 pub mod state;
 
 // The hooks are left out of unit-test builds: a test binary must not

@@ -10,7 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr;
 
 /// The map entry for a name, or None (and the real resolver takes over).
-pub fn lookup(name: *const c_char) -> Option<usize> {
+///
+/// # Safety
+/// `name` is null or a C string.
+pub unsafe fn lookup(name: *const c_char) -> Option<usize> {
     if name.is_null() {
         return None;
     }

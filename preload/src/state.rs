@@ -73,3 +73,45 @@ fn open_log(path: &std::path::Path) {
         );
     }
 }
+
+/// Does this process answer for a name when it listens? Checked on every
+/// listen(), so it reads the environment once and never loads the map.
+pub fn wants_listeners() -> bool {
+    static WANTS: OnceLock<bool> = OnceLock::new();
+    *WANTS.get_or_init(|| std::env::var_os("WISP_NAME").is_some_and(|v| !v.is_empty()))
+}
+
+thread_local! {
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks "this thread is running library code": libc calls the library
+/// makes itself (the SIP driver's listen(), say) must reach libc, not our
+/// hooks' slow paths, or a hook would wait on a lock its own caller holds.
+pub struct Inside {
+    was: bool,
+}
+
+impl Inside {
+    pub fn enter() -> Inside {
+        Inside {
+            was: INSIDE.with(|c| c.replace(true)),
+        }
+    }
+
+    pub fn is() -> bool {
+        INSIDE.with(|c| c.get())
+    }
+
+    /// For threads that only ever run library code (the SIP thread).
+    pub fn forever() {
+        INSIDE.with(|c| c.set(true));
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        let was = self.was;
+        INSIDE.with(|c| c.set(was));
+    }
+}

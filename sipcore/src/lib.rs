@@ -14,5 +14,6 @@ pub mod io;
 pub mod locate;
 pub mod msg;
 pub mod sdp;
+pub mod session;
 pub mod transaction;
 pub mod ua;

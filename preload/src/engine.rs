@@ -1,0 +1,384 @@
+//! What the hooks do for descriptors that are wisp streams: connect by
+//! name, listen and accept under `WISP_NAME`, and end the dialog on close.
+//!
+//! Runs on the program's own threads; all SIP work is handed to the SIP
+//! thread, and connect() waits for its answer.
+
+use crate::fdtable::{self, Kind};
+use crate::real;
+use crate::resolve;
+use crate::sip::{self, Command};
+use libc::{c_int, sockaddr, sockaddr_storage, socklen_t};
+use parking_lot::Mutex;
+use sipcore::sdp::ChannelProto;
+use sipcore::ua::CallId;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the library knows of one stream. Shared between duplicates of the
+/// descriptor (dup, dup2, F_DUPFD): the dialog ends when the last goes.
+#[derive(Debug)]
+pub struct Stream {
+    pub call: Option<CallId>,
+    /// What getpeername() reports: the placeholder the program dialled.
+    pub peer_seen: Option<SocketAddr>,
+    /// The process that made the dialog; a forked child closing its copy
+    /// of the descriptor must not hang up its parent's call.
+    pub owner: u32,
+}
+
+/// A listening socket of a process that answers for `WISP_NAME`.
+#[derive(Debug)]
+pub struct Listener {
+    pub proto: ChannelProto,
+    pub port: u16,
+    pub owner: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Stream(Arc<Stream>),
+    Listener(Arc<Listener>),
+}
+
+static TABLE: Mutex<Option<HashMap<c_int, Entry>>> = Mutex::new(None);
+/// Callers we answered but whose connection has not been accepted yet, by
+/// the address their connection will come from.
+static EXPECTED: Mutex<Option<HashMap<SocketAddr, CallId>>> = Mutex::new(None);
+
+fn with_table<T>(f: impl FnOnce(&mut HashMap<c_int, Entry>) -> T) -> T {
+    f(TABLE.lock().get_or_insert_with(HashMap::new))
+}
+
+pub fn set_errno(e: c_int) {
+    // SAFETY: errno location is always valid for the calling thread.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Addresses compared across families: a dual-stack socket sees IPv4 peers
+/// as `::ffff:a.b.c.d`.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        _ => a,
+    }
+}
+
+fn sock_name(fd: c_int, peer: bool) -> Option<SocketAddr> {
+    let mut ss: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    let p = &mut ss as *mut sockaddr_storage as *mut sockaddr;
+    // SAFETY: buffer and length are valid.
+    let rc = unsafe {
+        if peer {
+            real::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if rc != 0 {
+        return None;
+    }
+    unsafe { resolve::sockaddr_ip(p, len) }.map(|(ip, port)| canonical(SocketAddr::new(ip, port)))
+}
+
+fn family(fd: c_int) -> c_int {
+    let mut ss: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    // SAFETY: valid buffer.
+    unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut sockaddr, &mut len) };
+    ss.ss_family as c_int
+}
+
+fn sock_type(fd: c_int) -> c_int {
+    let mut t: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: valid out pointers.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            &mut t as *mut c_int as *mut _,
+            &mut len,
+        )
+    };
+    t
+}
+
+/// A sockaddr for `addr` suited to a socket of `fam` (IPv4 peers of an
+/// IPv6 socket become v4-mapped).
+fn to_sockaddr(addr: SocketAddr, fam: c_int) -> (sockaddr_storage, socklen_t) {
+    let addr = match (addr, fam) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => addr,
+    };
+    let mut ss: sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: storage is large enough for either family.
+    unsafe { resolve::write_sockaddr(addr.ip(), addr.port(), &mut ss as *mut _ as *mut sockaddr) };
+    let len = match addr {
+        SocketAddr::V4(_) => std::mem::size_of::<libc::sockaddr_in>(),
+        SocketAddr::V6(_) => std::mem::size_of::<libc::sockaddr_in6>(),
+    };
+    (ss, len as socklen_t)
+}
+
+/// connect() to a placeholder: INVITE the name, then connect the program's
+/// own descriptor to the answered address, so the kernel's own semantics
+/// (EINPROGRESS, SO_ERROR, poll, epoll) hold from there on.
+///
+/// A non-blocking connect waits for the SIP answer too (one round trip via
+/// the registrar); only the TCP handshake runs in the background.
+pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
+    let shared = crate::state::shared();
+    let Some(index) = shared.names.entry_of(placeholder.ip()) else {
+        warn!("connect to {placeholder}: a placeholder address no name maps to");
+        set_errno(libc::EHOSTUNREACH);
+        return -1;
+    };
+    let uri = shared
+        .names
+        .entry(index)
+        .map(|e| e.uri.clone())
+        .unwrap_or_default();
+    let proto = match sock_type(fd) {
+        libc::SOCK_STREAM => ChannelProto::Tcp,
+        libc::SOCK_DGRAM => ChannelProto::Udp,
+        _ => {
+            set_errno(libc::EPROTOTYPE);
+            return -1;
+        }
+    };
+    let handle = match sip::handle() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!("connect to {uri}: {e}");
+            set_errno(libc::ENETUNREACH);
+            return -1;
+        }
+    };
+    let fam = family(fd);
+    // Bind to the address the SIP side uses, so the offer can say where the
+    // connection will come from and the callee can tie it to the dialog.
+    let bound = sock_name(fd, false).filter(|a| a.port() != 0);
+    let local = match bound {
+        Some(a) => a,
+        None => {
+            let (ss, len) = to_sockaddr(SocketAddr::new(handle.local_ip, 0), fam);
+            // SAFETY: valid sockaddr.
+            if unsafe { libc::bind(fd, &ss as *const _ as *const sockaddr, len) } != 0 {
+                let e = errno();
+                warn!(
+                    "connect to {uri}: cannot bind to {}: errno {e}",
+                    handle.local_ip
+                );
+                set_errno(e);
+                return -1;
+            }
+            match sock_name(fd, false) {
+                Some(a) => a,
+                None => {
+                    set_errno(libc::EINVAL);
+                    return -1;
+                }
+            }
+        }
+    };
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    handle.send(Command::Connect {
+        uri: uri.clone(),
+        proto,
+        local,
+        wanted_port: placeholder.port(),
+        reply: reply_tx,
+    });
+    let (call, remote) = match reply_rx.recv_timeout(shared.config.connect_timeout) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            set_errno(e);
+            return -1;
+        }
+        Err(_) => {
+            warn!(
+                "connect to {uri}: no SIP answer within {:?} (WISP_CONNECT_TIMEOUT)",
+                shared.config.connect_timeout
+            );
+            set_errno(libc::ETIMEDOUT);
+            return -1;
+        }
+    };
+    let stream = Arc::new(Stream {
+        call: Some(call),
+        peer_seen: Some(placeholder),
+        owner: std::process::id(),
+    });
+    with_table(|t| t.insert(fd, Entry::Stream(stream)));
+    fdtable::set(fd, Kind::Stream);
+    let (ss, len) = to_sockaddr(remote, fam);
+    info!("{uri} port {} is {remote}", placeholder.port());
+    // SAFETY: valid sockaddr; this is the program's own connect, for real.
+    unsafe { real::connect(fd, &ss as *const _ as *const sockaddr, len) }
+}
+
+/// listen() under `WISP_NAME`: register the name (once) and answer
+/// INVITEs for this port. Waits a little for the registration so that, when
+/// the program says it is serving, its name already reaches it.
+pub fn after_listen(fd: c_int) {
+    let shared = crate::state::shared();
+    if shared.config.name.is_none() || sock_type(fd) != libc::SOCK_STREAM {
+        return;
+    }
+    let Some(local) = sock_name(fd, false) else {
+        return;
+    };
+    let handle = match sip::handle() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(
+                "listening on port {}: cannot answer for WISP_NAME: {e}",
+                local.port()
+            );
+            return;
+        }
+    };
+    let listener = Arc::new(Listener {
+        proto: ChannelProto::Tcp,
+        port: local.port(),
+        owner: std::process::id(),
+    });
+    with_table(|t| t.insert(fd, Entry::Listener(listener)));
+    fdtable::set(fd, Kind::Listener);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    handle.send(Command::Listen {
+        proto: ChannelProto::Tcp,
+        port: local.port(),
+        registered: tx,
+    });
+    let wait = shared
+        .config
+        .connect_timeout
+        .min(std::time::Duration::from_secs(3));
+    match rx.recv_timeout(wait) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => warn!(
+            "port {}: serving, but the name is not registered yet",
+            local.port()
+        ),
+    }
+}
+
+/// A connection accepted on a wisp listener: if it is the one a caller
+/// announced, it becomes that dialog's stream.
+pub fn after_accept(listen_fd: c_int, fd: c_int) {
+    if fdtable::kind(listen_fd) != Kind::Listener {
+        return;
+    }
+    let Some(peer) = sock_name(fd, true) else {
+        return;
+    };
+    let call = EXPECTED.lock().as_mut().and_then(|m| m.remove(&peer));
+    if let Some(call) = call {
+        debug!("accepted {peer} on fd {fd}: call {call}");
+        let stream = Arc::new(Stream {
+            call: Some(call),
+            peer_seen: None,
+            owner: std::process::id(),
+        });
+        with_table(|t| t.insert(fd, Entry::Stream(stream)));
+        fdtable::set(fd, Kind::Stream);
+    }
+}
+
+/// The SIP thread answered a caller who will connect from `caller`.
+pub fn expect_caller(caller: SocketAddr, call: CallId) {
+    let mut g = EXPECTED.lock();
+    let m = g.get_or_insert_with(HashMap::new);
+    // Bounded: callers that never connect must not pile up.
+    if m.len() > 4096 {
+        m.clear();
+    }
+    m.insert(canonical(caller), call);
+}
+
+/// The dialog ended (BYE from the peer): nothing to hang up any more.
+pub fn forget_call(call: &CallId) {
+    if let Some(m) = EXPECTED.lock().as_mut() {
+        m.retain(|_, c| c != call);
+    }
+}
+
+/// The descriptor `fd` is going away (close, or dup2 over it).
+pub fn release(fd: c_int) {
+    let entry = with_table(|t| t.remove(&fd));
+    fdtable::clear(fd);
+    let Some(entry) = entry else { return };
+    let pid = std::process::id();
+    match entry {
+        Entry::Stream(s) => {
+            // Last descriptor of this stream, in the process that owns it.
+            if Arc::strong_count(&s) == 1 && s.owner == pid {
+                if let (Some(call), Ok(h)) = (s.call.clone(), sip::handle()) {
+                    h.send(Command::Hangup { call });
+                }
+            }
+        }
+        Entry::Listener(l) => {
+            if Arc::strong_count(&l) == 1 && l.owner == pid {
+                if let Ok(h) = sip::handle() {
+                    h.send(Command::Unlisten {
+                        proto: l.proto,
+                        port: l.port,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `new` now refers to what `old` does (dup family).
+pub fn duplicated(old: c_int, new: c_int) {
+    let kind = fdtable::kind(old);
+    let entry = with_table(|t| t.get(&old).cloned());
+    if let Some(e) = entry {
+        with_table(|t| t.insert(new, e));
+        fdtable::set(new, kind);
+    }
+}
+
+/// getpeername() on a stream reports the placeholder the program dialled.
+pub fn peer_seen(fd: c_int) -> Option<SocketAddr> {
+    with_table(|t| match t.get(&fd) {
+        Some(Entry::Stream(s)) => s.peer_seen,
+        _ => None,
+    })
+}
+
+/// Write `addr` to a caller's sockaddr buffer, truncating as the kernel does.
+///
+/// # Safety
+/// `out`/`len` as for getpeername(2).
+pub unsafe fn write_out(addr: SocketAddr, fam: c_int, out: *mut sockaddr, len: *mut socklen_t) {
+    let (ss, full) = to_sockaddr(addr, fam);
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let n = unsafe { *len }.min(full) as usize;
+    unsafe {
+        std::ptr::copy_nonoverlapping(&ss as *const _ as *const u8, out as *mut u8, n);
+        *len = full;
+    }
+}
+
+pub fn socket_family(fd: c_int) -> c_int {
+    family(fd)
+}
