@@ -140,6 +140,33 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Content-Length from every value a head carries for it. The stream
+/// framer calls this too, so the length that cuts a TCP stream is exactly
+/// the length the parser believes: two readings of one header that differ
+/// are how requests get smuggled past a proxy.
+pub(crate) fn content_length_of<'a>(
+    mut values: impl Iterator<Item = &'a str>,
+) -> Result<Option<usize>, ParseError> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let first = first.trim();
+    // 1*DIGIT only (RFC 3261 §20.14): `parse` alone would also take "+5",
+    // which another stack on the path may read differently.
+    let bad = || ParseError::BadContentLength(first.chars().take(80).collect());
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n = first.parse::<usize>().map_err(|_| bad())?;
+    if values.any(|v| v.trim() != first) {
+        return Err(ParseError::BadContentLength("conflicting values".into()));
+    }
+    if n > MAX_MESSAGE {
+        return Err(ParseError::TooLarge(n));
+    }
+    Ok(Some(n))
+}
+
 /// Canonical (long) header name for a name as it appeared on the wire,
 /// expanding RFC 3261 compact forms.
 fn header_name(raw: &str) -> Name {
@@ -229,22 +256,11 @@ impl Message {
     }
 
     fn content_length(&self) -> Result<Option<usize>, ParseError> {
-        let mut values = self.headers.get_raw(&Name::CONTENT_LENGTH);
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        let n = first
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| ParseError::BadContentLength(first.to_string()))?;
-        // Two different lengths is the classic request-smuggling shape.
-        if values.any(|v| v.trim() != first.trim()) {
-            return Err(ParseError::BadContentLength("conflicting values".into()));
-        }
-        if n > MAX_MESSAGE {
-            return Err(ParseError::TooLarge(n));
-        }
-        Ok(Some(n))
+        content_length_of(
+            self.headers
+                .get_raw(&Name::CONTENT_LENGTH)
+                .map(|v| v.as_str()),
+        )
     }
 
     /// The headers every transaction needs must be present and readable
@@ -258,10 +274,8 @@ impl Message {
         self.to()?;
         if self.is_request() {
             let cseq = self.cseq()?;
-            if Some(&cseq.method) != self.method() && self.method() != Some(&Method::ACK) {
-                if !(self.method() == Some(&Method::CANCEL) && cseq.method == Method::CANCEL) {
-                    return Err(ParseError::BadHeader("CSeq", "method mismatch".into()));
-                }
+            if Some(&cseq.method) != self.method() {
+                return Err(ParseError::BadHeader("CSeq", "method mismatch".into()));
             }
             if let Some(mf) = self.raw(&Name::MAX_FORWARDS) {
                 mf.trim()
@@ -285,6 +299,11 @@ impl Message {
             MessageLine::Request(r) => Some(&r.uri),
             MessageLine::Response(_) => None,
         }
+    }
+
+    /// The Request-URI as text.
+    pub fn uri_text(&self) -> Option<String> {
+        self.uri().map(|u| u.default_print_ctx().to_string())
     }
 
     pub fn uri_mut(&mut self) -> Option<&mut SipUri> {
@@ -311,7 +330,12 @@ impl Message {
     pub fn list(&self, name: &Name) -> Vec<String> {
         self.headers
             .get_raw(name)
-            .flat_map(|v| split_list(v).into_iter().map(str::to_string).collect::<Vec<_>>())
+            .flat_map(|v| {
+                split_list(v)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -352,12 +376,16 @@ impl Message {
     }
 
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        let v = self.raw(&Name::CSEQ).ok_or(ParseError::MissingHeader("CSeq"))?;
+        let v = self
+            .raw(&Name::CSEQ)
+            .ok_or(ParseError::MissingHeader("CSeq"))?;
         parse_value::<CSeq>(v).ok_or_else(|| ParseError::BadHeader("CSeq", v.into()))
     }
 
     pub fn call_id(&self) -> Result<String, ParseError> {
-        let v = self.raw(&Name::CALL_ID).ok_or(ParseError::MissingHeader("Call-ID"))?;
+        let v = self
+            .raw(&Name::CALL_ID)
+            .ok_or(ParseError::MissingHeader("Call-ID"))?;
         if v.is_empty() || v.contains(char::is_whitespace) {
             return Err(ParseError::BadHeader("Call-ID", v.into()));
         }
@@ -365,14 +393,14 @@ impl Message {
     }
 
     pub fn from(&self) -> Result<FromTo, ParseError> {
-        self.from_to(&Name::FROM, "From")
+        self.name_addr_header(&Name::FROM, "From")
     }
 
     pub fn to(&self) -> Result<FromTo, ParseError> {
-        self.from_to(&Name::TO, "To")
+        self.name_addr_header(&Name::TO, "To")
     }
 
-    fn from_to(&self, name: &Name, label: &'static str) -> Result<FromTo, ParseError> {
+    fn name_addr_header(&self, name: &Name, label: &'static str) -> Result<FromTo, ParseError> {
         let v = self.raw(name).ok_or(ParseError::MissingHeader(label))?;
         parse_value::<FromTo>(v).ok_or_else(|| ParseError::BadHeader(label, v.into()))
     }
@@ -452,7 +480,12 @@ impl Message {
         let mut out = String::with_capacity(512 + self.body.len());
         use std::fmt::Write;
         let _ = match &self.line {
-            MessageLine::Request(r) => write!(out, "{} {} SIP/2.0\r\n", r.method, r.uri.default_print_ctx()),
+            MessageLine::Request(r) => write!(
+                out,
+                "{} {} SIP/2.0\r\n",
+                r.method,
+                r.uri.default_print_ctx()
+            ),
             MessageLine::Response(s) => write!(out, "{s}\r\n"),
         };
         for (name, value) in self.headers.iter() {
@@ -479,9 +512,17 @@ impl Message {
             Host::Name(_) => None,
         });
         let mut params: Vec<String> = top.split(';').map(str::to_string).collect();
-        let has_rport = params.iter().any(|p| p.trim().eq_ignore_ascii_case("rport") || p.trim().to_ascii_lowercase().starts_with("rport="));
+        let has_rport = params.iter().any(|p| {
+            p.trim().eq_ignore_ascii_case("rport")
+                || p.trim().to_ascii_lowercase().starts_with("rport=")
+        });
         params.retain(|p| {
-            let k = p.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let k = p
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             k != "received" && !(has_rport && k == "rport")
         });
         if sent_by_host != Some(source.ip()) || has_rport {
@@ -575,7 +616,8 @@ v=0\r\n";
         let m = Message::parse(INVITE.as_bytes()).unwrap();
         let text = String::from_utf8(m.to_bytes()).unwrap();
         assert!(text.starts_with("INVITE sip:bob@wxyz.com SIP/2.0\r\n"));
-        assert!(text.contains("\r\nVia: SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bK776asdhds;rport\r\n"));
+        assert!(text
+            .contains("\r\nVia: SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bK776asdhds;rport\r\n"));
         assert!(text.contains("\r\nContent-Length: 4\r\n\r\nv=0\r"));
         let again = Message::parse(text.as_bytes()).unwrap();
         assert_eq!(again.to_bytes(), m.to_bytes());
@@ -597,6 +639,11 @@ v=0\r\n";
         assert!(matches!(
             Message::parse(short.as_bytes()),
             Err(ParseError::BodyTruncated { .. })
+        ));
+        let signed = INVITE.replace("l: 4", "l: +4");
+        assert!(matches!(
+            Message::parse(signed.as_bytes()),
+            Err(ParseError::BadContentLength(_))
         ));
         assert!(Message::parse(b"\x00\xff garbage").is_err());
         assert!(Message::parse(b"").is_err());

@@ -80,7 +80,7 @@ pub enum Output {
     /// Put these bytes on the wire to the transaction's peer.
     Send(Vec<u8>),
     /// A response for the transaction user (client side).
-    Response(Message),
+    Response(Box<Message>),
     /// Timer B or F: no final response came (client side), or Timer H: the
     /// ACK for our final response never came (server side).
     Timeout,
@@ -146,7 +146,11 @@ impl Tx {
             } else {
                 Kind::ClientNonInvite
             },
-            state: if invite { State::Calling } else { State::Trying },
+            state: if invite {
+                State::Calling
+            } else {
+                State::Trying
+            },
             peer,
             timers,
             last: bytes.clone(),
@@ -220,25 +224,26 @@ impl Tx {
                 self.retransmit = None;
                 if code < 200 {
                     self.state = State::Proceeding;
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else if code < 300 {
                     // Timer M (RFC 6026 §8.4).
                     self.state = State::Accepted;
                     self.deadline = Some(now + self.timers.long());
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else {
                     let ack = self.ack_for(&resp);
                     self.last = ack.clone();
                     out.push(Output::Send(ack));
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                     self.state = State::Completed;
                     // Timer D: at least 32 s on UDP.
-                    self.deadline = self.linger(now, Duration::from_secs(32).max(self.timers.long()));
+                    self.deadline =
+                        self.linger(now, Duration::from_secs(32).max(self.timers.long()));
                 }
             }
             (Kind::ClientInvite, State::Accepted) if (200..300).contains(&code) => {
                 // Retransmitted (or forked) 2xx: the TU must ACK each.
-                out.push(Output::Response(resp));
+                out.push(Output::Response(Box::new(resp)));
             }
             (Kind::ClientInvite, State::Completed) if code >= 300 => {
                 out.push(Output::Send(self.last.clone()));
@@ -246,12 +251,12 @@ impl Tx {
             (Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
                 if code < 200 {
                     self.state = State::Proceeding;
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else {
                     self.state = State::Completed;
                     self.retransmit = None;
                     self.deadline = self.linger(now, self.timers.t4);
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 }
             }
             _ => {}
@@ -506,7 +511,10 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
         let t0 = Instant::now();
         let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
         let ok = Message::response_to(tx.request(), 200, Some("t2"));
-        assert!(matches!(tx.on_response(ok.clone(), t0)[..], [Output::Response(_)]));
+        assert!(matches!(
+            tx.on_response(ok.clone(), t0)[..],
+            [Output::Response(_)]
+        ));
         assert_eq!(tx.state, State::Accepted);
         assert!(matches!(tx.on_response(ok, t0)[..], [Output::Response(_)]));
         assert_eq!(tx.next_timer(), Some(t0 + Duration::from_secs(32)));
