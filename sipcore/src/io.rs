@@ -405,6 +405,11 @@ impl Driver {
             if let ReadOutcome::Close = read_conn(conn, &mut self.buf, core, addr, now) {
                 return Err(());
             }
+            // Pongs queue up too: a peer that pings without reading is cut
+            // off like any other that lets its queue grow.
+            if conn.out.len() > self.config.max_queued {
+                return Err(());
+            }
         }
         conn.write_some(now).map_err(drop)
     }
