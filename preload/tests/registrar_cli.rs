@@ -63,9 +63,9 @@ impl Registrar {
         }
     }
 
-    fn stop(mut self) -> i32 {
+    fn stop(mut self, signal: libc::c_int) -> i32 {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
     }
@@ -125,7 +125,13 @@ fn registrar_answers_options_over_udp_and_tcp_and_stops_on_sigterm() {
     let line = reg.expect_log("tcp:");
     assert!(line.contains("-> 200"), "{line}");
 
-    assert_eq!(reg.stop(), 0);
+    assert_eq!(reg.stop(libc::SIGTERM), 0);
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    let reg = Registrar::start(&["--log", "error"]);
+    assert_eq!(reg.stop(libc::SIGINT), 0);
 }
 
 fn wisp(args: &[&str]) -> std::process::Output {
