@@ -15,6 +15,7 @@
 //! failure of `poll` itself is returned from [`Driver::step`].
 
 use crate::endpoint::SansIo;
+use crate::framing::{Frame, FrameError, StreamDecoder};
 use crate::transaction::{Peer, Transport};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -22,8 +23,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use framing_standin::{Frame, StreamDecoder};
 
 /// Limits of a [`Driver`]. The defaults suit a registrar or a user agent.
 #[derive(Clone, Debug)]
@@ -87,6 +86,10 @@ struct Conn {
     connecting: bool,
     out: Vec<u8>,
     decoder: StreamDecoder,
+    /// The bytes the decoder holds, mirrored: the decoder hands out parsed
+    /// messages, but the core takes bytes, and the peer's own bytes are
+    /// better than a re-print (compact names and folding left as sent).
+    raw: Vec<u8>,
     opened: Instant,
     last_active: Instant,
 }
@@ -98,6 +101,7 @@ impl Conn {
             connecting,
             out: Vec::new(),
             decoder: StreamDecoder::new(),
+            raw: Vec::new(),
             opened: now,
             last_active: now,
         }
@@ -401,6 +405,11 @@ impl Driver {
             if let ReadOutcome::Close = read_conn(conn, &mut self.buf, core, addr, now) {
                 return Err(());
             }
+            // Pongs queue up too: a peer that pings without reading is cut
+            // off like any other that lets its queue grow.
+            if conn.out.len() > self.config.max_queued {
+                return Err(());
+            }
         }
         conn.write_some(now).map_err(drop)
     }
@@ -428,16 +437,27 @@ fn read_conn(
         };
         conn.last_active = now;
         conn.decoder.push(&buf[..n]);
-        loop {
-            match conn.decoder.next_frame() {
-                Some(Ok(Frame::Message(bytes))) => core.receive(&bytes, from, now),
+        conn.raw.extend_from_slice(&buf[..n]);
+        while let Some(item) = conn.decoder.next() {
+            // What the decoder let go of since the last item is this item,
+            // after any stray line ends it skipped in front of a message.
+            let consumed = conn.raw.len().saturating_sub(conn.decoder.buffered());
+            let frame: Vec<u8> = conn.raw.drain(..consumed).collect();
+            let start = frame
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(frame.len());
+            match item {
+                Ok(Frame::Message(_)) => core.receive(&frame[start..], from, now),
                 // RFC 5626 §3.5.1: a CRLFCRLF ping is answered by a CRLF pong.
-                Some(Ok(Frame::Ping)) => conn.out.extend_from_slice(b"\r\n"),
-                Some(Ok(Frame::Pong)) => {}
+                Ok(Frame::Ping) => conn.out.extend_from_slice(b"\r\n"),
+                Ok(Frame::Pong) => {}
+                // Cut cleanly but unreadable: the core answers a request
+                // with 400 (RFC 3261 §8.2.2) and the stream reads on.
+                Err(FrameError::Malformed { raw, .. }) => core.receive(&raw, from, now),
                 // The stream has lost its framing: nothing after this point
                 // can be trusted to start a message.
-                Some(Err(_)) => return ReadOutcome::Close,
-                None => break,
+                Err(_) => return ReadOutcome::Close,
             }
         }
     }
@@ -618,72 +638,6 @@ fn connect(to: SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from(fd))
 }
 
-/// Stand-in for `crate::framing::StreamDecoder` until that lands: cuts a
-/// TCP byte stream into SIP messages by Content-Length and recognises
-/// RFC 5626 keep-alives. Deliberately minimal.
-mod framing_standin {
-    use crate::msg::MAX_MESSAGE;
-
-    pub enum Frame {
-        Message(Vec<u8>),
-        Ping,
-        Pong,
-    }
-
-    #[derive(Debug)]
-    pub struct FramingError;
-
-    #[derive(Default)]
-    pub struct StreamDecoder {
-        buf: Vec<u8>,
-    }
-
-    impl StreamDecoder {
-        pub fn new() -> StreamDecoder {
-            StreamDecoder::default()
-        }
-
-        pub fn push(&mut self, bytes: &[u8]) {
-            self.buf.extend_from_slice(bytes);
-        }
-
-        pub fn next_frame(&mut self) -> Option<Result<Frame, FramingError>> {
-            if self.buf.starts_with(b"\r\n\r\n") {
-                self.buf.drain(..4);
-                return Some(Ok(Frame::Ping));
-            }
-            if self.buf.starts_with(b"\r\n") && self.buf.len() > 2 && self.buf[2] != b'\r' {
-                self.buf.drain(..2);
-                return Some(Ok(Frame::Pong));
-            }
-            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                if self.buf.len() > MAX_MESSAGE {
-                    return Some(Err(FramingError));
-                }
-                return None;
-            };
-            let head_len = end + 4;
-            let head = String::from_utf8_lossy(&self.buf[..end]);
-            let length = head.split("\r\n").skip(1).find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                let name = name.trim();
-                (name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l"))
-                    .then(|| value.trim().parse::<usize>().ok())
-            });
-            let body_len = match length {
-                Some(Some(n)) if head_len + n <= MAX_MESSAGE => n,
-                _ => return Some(Err(FramingError)),
-            };
-            if self.buf.len() < head_len + body_len {
-                return None;
-            }
-            let rest = self.buf.split_off(head_len + body_len);
-            let msg = std::mem::replace(&mut self.buf, rest);
-            Some(Ok(Frame::Message(msg)))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,6 +808,58 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         let resp = Message::parse(&buf[..n]).unwrap();
         assert_eq!(resp.code(), Some(200));
         assert_eq!(resp.call_id().unwrap(), req.call_id().unwrap());
+    }
+
+    /// Keeps what it is given, sends nothing.
+    #[derive(Default)]
+    struct Recorder(Vec<Vec<u8>>);
+
+    impl SansIo for Recorder {
+        fn receive(&mut self, bytes: &[u8], _: Peer, _: Instant) {
+            self.0.push(bytes.to_vec());
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_transmit(&mut self) -> Option<crate::endpoint::Transmit> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    #[test]
+    fn tcp_frames_reach_the_core_as_sent_and_malformed_ones_get_400() {
+        let mut d = Driver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut raw = raw_client(&d);
+        let me = raw.local_addr().unwrap();
+        let sent = options(me, d.local_addr(), Transport::Tcp).to_bytes();
+        // Compact names and a body: exactly these bytes must come through.
+        let compact = String::from_utf8(sent.clone())
+            .unwrap()
+            .replace("Content-Length: 0\r\n\r\n", "l: 3\r\n\r\nabc")
+            .replace("Call-ID:", "i:");
+        let mut rec = Recorder::default();
+        raw.write_all(format!("\r\n{compact}").as_bytes()).unwrap();
+        for _ in 0..20 {
+            d.step(&mut rec, TICK).unwrap();
+        }
+        assert_eq!(rec.0, vec![compact.as_bytes().to_vec()]);
+
+        // Framed by its Content-Length but missing Call-ID: the endpoint
+        // answers 400 and the connection stays.
+        let broken = String::from_utf8(sent).unwrap();
+        let start = broken.find("Call-ID:").unwrap();
+        let end = start + broken[start..].find("\r\n").unwrap() + 2;
+        let broken = format!("{}{}", &broken[..start], &broken[end..]);
+        let mut ep = Endpoint::new(Config::default());
+        raw.write_all(broken.as_bytes()).unwrap();
+        for _ in 0..20 {
+            d.step(&mut ep, TICK).unwrap();
+        }
+        let mut buf = vec![0; 4096];
+        let n = raw.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"SIP/2.0 400"));
+        assert_eq!(d.connection_count(), 1);
     }
 
     #[test]

@@ -11,9 +11,12 @@
 use crate::dns::{
     decode_response, encode_query, nameservers, order_srv, DnsError, Response, TYPE_SRV,
 };
+use crate::io::Waker;
 use crate::transaction::Transport;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// The system's nameservers, or the local host's when none are configured
@@ -131,6 +134,76 @@ pub fn locate(domain: &str, servers: &[SocketAddr], timeout: Duration) -> Vec<Ta
     out
 }
 
+/// Runs [`locate`] on a helper thread, so the driver's loop never waits on
+/// DNS: the loop asks with [`Resolver::request`], goes on serving, and the
+/// helper's [`Waker`] brings it back to [`Resolver::poll`] the answer.
+/// Domains with a static route (a lab without DNS, a test) are answered
+/// from the table without a lookup. Dropping it ends the thread.
+pub struct Resolver {
+    jobs: mpsc::Sender<String>,
+    done: mpsc::Receiver<(String, Vec<Target>)>,
+    /// Answers ready without a lookup, and those from the helper.
+    ready: VecDeque<(String, Vec<Target>)>,
+    routes: HashMap<String, Vec<Target>>,
+    /// Domains asked for and not yet answered: asked again, they are not
+    /// looked up twice.
+    pending: HashSet<String>,
+}
+
+impl Resolver {
+    /// `servers`: usually [`system_nameservers`]; `timeout` per query.
+    pub fn spawn(
+        waker: Waker,
+        servers: Vec<SocketAddr>,
+        timeout: Duration,
+        routes: HashMap<String, Vec<Target>>,
+    ) -> io::Result<Resolver> {
+        let (jobs, job_rx) = mpsc::channel::<String>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wisp-dns".into())
+            .spawn(move || {
+                for domain in job_rx {
+                    let targets = locate(&domain, &servers, timeout);
+                    if done_tx.send((domain, targets)).is_err() {
+                        break;
+                    }
+                    waker.wake();
+                }
+            })?;
+        Ok(Resolver {
+            jobs,
+            done,
+            ready: VecDeque::new(),
+            routes,
+            pending: HashSet::new(),
+        })
+    }
+
+    /// Start finding `domain` (compared lowercase); the answer comes out of
+    /// [`Resolver::poll`], an empty list when nothing was found.
+    pub fn request(&mut self, domain: &str) {
+        let domain = domain.to_ascii_lowercase();
+        if let Some(targets) = self.routes.get(&domain) {
+            self.ready.push_back((domain, targets.clone()));
+        } else if self.pending.insert(domain.clone()) && self.jobs.send(domain.clone()).is_err() {
+            // The helper is gone (it cannot panic short of a bug): answer
+            // "nothing found" rather than leave the asker waiting.
+            self.pending.remove(&domain);
+            self.ready.push_back((domain, Vec::new()));
+        }
+    }
+
+    pub fn poll(&mut self) -> Option<(String, Vec<Target>)> {
+        if let Some(r) = self.ready.pop_front() {
+            return Some(r);
+        }
+        let (domain, targets) = self.done.try_recv().ok()?;
+        self.pending.remove(&domain);
+        Some((domain, targets))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +246,43 @@ mod tests {
             .iter()
             .all(|t| t.addr.port() == 5060 && t.addr.ip().is_loopback()));
         assert!(!t.is_empty());
+    }
+
+    #[test]
+    fn resolver_answers_routes_at_once_and_lookups_with_a_wake() {
+        let (mut driver, mut ep) = (
+            crate::io::Driver::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
+            crate::endpoint::Endpoint::default(),
+        );
+        let routed = Target {
+            transport: Transport::Tcp,
+            addr: "192.0.2.9:5070".parse().unwrap(),
+        };
+        let routes = HashMap::from([("lab.test".to_string(), vec![routed])]);
+        let mut r = Resolver::spawn(
+            driver.waker(),
+            Vec::new(),
+            Duration::from_millis(10),
+            routes,
+        )
+        .unwrap();
+        r.request("LAB.test");
+        assert_eq!(r.poll(), Some(("lab.test".to_string(), vec![routed])));
+        r.request("localhost");
+        r.request("localhost");
+        // The answer wakes a step that would otherwise sleep for a minute.
+        let t0 = std::time::Instant::now();
+        let answer = loop {
+            driver.step(&mut ep, Duration::from_secs(60)).unwrap();
+            if let Some(a) = r.poll() {
+                break a;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30));
+        };
+        assert_eq!(answer.0, "localhost");
+        assert!(answer.1.iter().all(|t| t.addr.ip().is_loopback()));
+        // Asked twice while pending, looked up once.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(r.poll(), None);
     }
 }
