@@ -8,10 +8,12 @@
 //! message we only need to forward.
 
 use bytes::Bytes;
+use ezk_sip_types::header::typed::{AuthChallenge, AuthResponse};
 use ezk_sip_types::header::HeaderParse;
 use ezk_sip_types::msg::{MessageLine, PullParser, RequestLine, StatusLine};
 use ezk_sip_types::parse::Parse;
 use ezk_sip_types::print::AppendCtx;
+use std::any::TypeId;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -71,7 +73,10 @@ pub struct Message {
 /// Parse one header value with an ezk typed grammar, requiring that the
 /// whole value is consumed. ezk's parsers slice their input out of a
 /// `Bytes` they are handed, so the text must live inside that buffer.
-pub fn parse_value<H: HeaderParse>(value: &str) -> Option<H> {
+pub fn parse_value<H: HeaderParse + 'static>(value: &str) -> Option<H> {
+    if trips_ezk::<H>(value) {
+        return None;
+    }
     let src = Bytes::copy_from_slice(value.trim().as_bytes());
     let text = std::str::from_utf8(&src).ok()?;
     // ezk's grammars are nom parsers over untrusted text; a panic in one must
@@ -81,6 +86,38 @@ pub fn parse_value<H: HeaderParse>(value: &str) -> Option<H> {
         _ => None,
     });
     parsed.ok().flatten()
+}
+
+/// Values known to panic inside ezk, refused before it sees them. The
+/// `catch_unwind` in [`parse_value`] keeps such a panic out of the host
+/// program, but its message still lands on the host's stderr, and a build
+/// with `panic = "abort"` would not survive it at all.
+fn trips_ezk<H: 'static>(value: &str) -> bool {
+    // ezk-sip-types 0.6.5 `Algorithm::from` (auth.rs:488) slices a digest
+    // `algorithm` at byte 4 when the text before its first '-' is five bytes
+    // long: inside a multi-byte character that panics. ezk's tokens take any
+    // Unicode letter, so `algorithm=SHA\u{e9}-256` gets there. An algorithm
+    // is an ASCII token (RFC 3261 §25.1), so refusing non-ASCII loses nothing.
+    let id = TypeId::of::<H>();
+    if id != TypeId::of::<AuthChallenge>() && id != TypeId::of::<AuthResponse>() {
+        return false;
+    }
+    // ASCII lowercasing keeps byte offsets, so `i` indexes `value` too.
+    let lower = value.to_ascii_lowercase();
+    lower.match_indices("algorithm").any(|(i, name)| {
+        let Some(rest) = value[i + name.len()..].trim_start().strip_prefix('=') else {
+            return false;
+        };
+        // Up to the next comma outside quotes; ezk ends a quoted value at
+        // the next '"' whatever precedes it, and so does this.
+        let mut quoted = false;
+        rest.chars()
+            .take_while(|&c| {
+                quoted ^= c == '"';
+                quoted || c != ','
+            })
+            .any(|c| !c.is_ascii())
+    })
 }
 
 /// Parse a whole `Parse` value (URI, host) from text, requiring full use.
@@ -669,6 +706,25 @@ v=0\r\n";
         assert_eq!(r.call_id().unwrap(), m.call_id().unwrap());
         let parsed = Message::parse(&r.to_bytes()).unwrap();
         assert_eq!(parsed.code(), Some(180));
+    }
+
+    #[test]
+    fn non_ascii_digest_algorithm_is_refused_before_ezk() {
+        for v in [
+            "Digest username=\"bob\", realm=\"x\", nonce=\"1\", uri=\"sip:x\", response=\"0\", algorithm=SHA\u{e9}-256",
+            "Digest realm=\"x\", nonce=\"1\", ALGORITHM = \"AKA\u{e9}-MD5\"",
+            "Digest realm=\"x\", nonce=\"1\", algorithm=\"ab,\u{e9}-x\"",
+        ] {
+            assert!(trips_ezk::<AuthResponse>(v), "{v}");
+            assert!(trips_ezk::<AuthChallenge>(v), "{v}");
+            assert!(parse_value::<AuthResponse>(v).is_none());
+        }
+        // Non-ASCII elsewhere is ezk's to judge, and other headers are not
+        // affected at all.
+        let ok = "Digest realm=\"M\u{fc}nchen\", nonce=\"1\", algorithm=SHA-256";
+        assert!(!trips_ezk::<AuthChallenge>(ok));
+        assert!(parse_value::<AuthChallenge>(ok).is_some());
+        assert!(!trips_ezk::<FromTo>("\"algorithm=\u{e9}\" <sip:a@b>"));
     }
 
     #[test]
