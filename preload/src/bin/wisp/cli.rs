@@ -91,6 +91,11 @@ impl Args {
             .ok_or_else(|| usage(format!("{} needs a value", self.last_flag)))
     }
 
+    /// Every word not read yet, as it stands (the command after `--`).
+    pub fn rest(&mut self) -> Vec<String> {
+        self.items.by_ref().collect()
+    }
+
     /// The value of the flag just returned, parsed.
     pub fn parse<T>(&mut self) -> Result<T>
     where

@@ -9,6 +9,7 @@
 mod agent;
 mod cli;
 mod registrar;
+mod run;
 mod signals;
 mod users;
 
@@ -22,7 +23,8 @@ Usage: wisp <COMMAND> [FLAGS]
 
 Commands:
   registrar   Run a registrar and proxy for one or more SIP domains
-  agent       Run a user agent (not available yet)
+  agent       Run a SIP user agent (register, call, answer)
+  run         Run a program with libwisp.so preloaded
 
 Flags:
   -h, --help     Print this help
@@ -33,7 +35,11 @@ Flags:
 
 type Command = fn(Args) -> cli::Result<()>;
 
-const COMMANDS: &[(&str, Command)] = &[("registrar", registrar::main), ("agent", agent::main)];
+const COMMANDS: &[(&str, Command)] = &[
+    ("registrar", registrar::main),
+    ("agent", agent::main),
+    ("run", run::main),
+];
 
 fn run() -> cli::Result<()> {
     let mut args = Args::new(std::env::args_os().skip(1).collect())?;
