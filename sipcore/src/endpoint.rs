@@ -437,7 +437,9 @@ pub fn bad_request(bytes: &[u8], error: &msg::ParseError) -> Option<Vec<u8>> {
         .map(|c| if c == '"' { '\'' } else { c })
         .take(100)
         .collect();
-    out.push_str(&format!("Warning: 399 wisp \"{reason}\"\r\nContent-Length: 0\r\n\r\n"));
+    out.push_str(&format!(
+        "Warning: 399 wisp \"{reason}\"\r\nContent-Length: 0\r\n\r\n"
+    ));
     Some(out.into_bytes())
 }
 
@@ -493,7 +495,9 @@ Call-ID: c1@abcd.com\r\nCSeq: 7 INVITE\r\nContact: <sip:fred@127.0.0.1:5060>\r\n
         assert_eq!(t[0].to, peer(5060));
         uac.receive(&t[0].bytes, peer(5070), t0);
         let (_, ev) = drain(&mut uac);
-        assert!(matches!(&ev[0], Event::Response { key: k, msg } if *k == key && msg.code() == Some(200)));
+        assert!(
+            matches!(&ev[0], Event::Response { key: k, msg } if *k == key && msg.code() == Some(200))
+        );
 
         // No ACK yet: the UAS retransmits its 2xx at T1, 2T1, ...
         uas.handle_timeout(t0 + Duration::from_millis(500));

@@ -259,9 +259,7 @@ impl Message {
         if self.is_request() {
             let cseq = self.cseq()?;
             if Some(&cseq.method) != self.method() && self.method() != Some(&Method::ACK) {
-                if !(self.method() == Some(&Method::CANCEL) && cseq.method == Method::CANCEL) {
-                    return Err(ParseError::BadHeader("CSeq", "method mismatch".into()));
-                }
+                return Err(ParseError::BadHeader("CSeq", "method mismatch".into()));
             }
             if let Some(mf) = self.raw(&Name::MAX_FORWARDS) {
                 mf.trim()
@@ -311,7 +309,12 @@ impl Message {
     pub fn list(&self, name: &Name) -> Vec<String> {
         self.headers
             .get_raw(name)
-            .flat_map(|v| split_list(v).into_iter().map(str::to_string).collect::<Vec<_>>())
+            .flat_map(|v| {
+                split_list(v)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -352,12 +355,16 @@ impl Message {
     }
 
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        let v = self.raw(&Name::CSEQ).ok_or(ParseError::MissingHeader("CSeq"))?;
+        let v = self
+            .raw(&Name::CSEQ)
+            .ok_or(ParseError::MissingHeader("CSeq"))?;
         parse_value::<CSeq>(v).ok_or_else(|| ParseError::BadHeader("CSeq", v.into()))
     }
 
     pub fn call_id(&self) -> Result<String, ParseError> {
-        let v = self.raw(&Name::CALL_ID).ok_or(ParseError::MissingHeader("Call-ID"))?;
+        let v = self
+            .raw(&Name::CALL_ID)
+            .ok_or(ParseError::MissingHeader("Call-ID"))?;
         if v.is_empty() || v.contains(char::is_whitespace) {
             return Err(ParseError::BadHeader("Call-ID", v.into()));
         }
@@ -365,14 +372,14 @@ impl Message {
     }
 
     pub fn from(&self) -> Result<FromTo, ParseError> {
-        self.from_to(&Name::FROM, "From")
+        self.name_addr_header(&Name::FROM, "From")
     }
 
     pub fn to(&self) -> Result<FromTo, ParseError> {
-        self.from_to(&Name::TO, "To")
+        self.name_addr_header(&Name::TO, "To")
     }
 
-    fn from_to(&self, name: &Name, label: &'static str) -> Result<FromTo, ParseError> {
+    fn name_addr_header(&self, name: &Name, label: &'static str) -> Result<FromTo, ParseError> {
         let v = self.raw(name).ok_or(ParseError::MissingHeader(label))?;
         parse_value::<FromTo>(v).ok_or_else(|| ParseError::BadHeader(label, v.into()))
     }
@@ -452,7 +459,12 @@ impl Message {
         let mut out = String::with_capacity(512 + self.body.len());
         use std::fmt::Write;
         let _ = match &self.line {
-            MessageLine::Request(r) => write!(out, "{} {} SIP/2.0\r\n", r.method, r.uri.default_print_ctx()),
+            MessageLine::Request(r) => write!(
+                out,
+                "{} {} SIP/2.0\r\n",
+                r.method,
+                r.uri.default_print_ctx()
+            ),
             MessageLine::Response(s) => write!(out, "{s}\r\n"),
         };
         for (name, value) in self.headers.iter() {
@@ -479,9 +491,17 @@ impl Message {
             Host::Name(_) => None,
         });
         let mut params: Vec<String> = top.split(';').map(str::to_string).collect();
-        let has_rport = params.iter().any(|p| p.trim().eq_ignore_ascii_case("rport") || p.trim().to_ascii_lowercase().starts_with("rport="));
+        let has_rport = params.iter().any(|p| {
+            p.trim().eq_ignore_ascii_case("rport")
+                || p.trim().to_ascii_lowercase().starts_with("rport=")
+        });
         params.retain(|p| {
-            let k = p.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let k = p
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             k != "received" && !(has_rport && k == "rport")
         });
         if sent_by_host != Some(source.ip()) || has_rport {
@@ -575,7 +595,8 @@ v=0\r\n";
         let m = Message::parse(INVITE.as_bytes()).unwrap();
         let text = String::from_utf8(m.to_bytes()).unwrap();
         assert!(text.starts_with("INVITE sip:bob@wxyz.com SIP/2.0\r\n"));
-        assert!(text.contains("\r\nVia: SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bK776asdhds;rport\r\n"));
+        assert!(text
+            .contains("\r\nVia: SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bK776asdhds;rport\r\n"));
         assert!(text.contains("\r\nContent-Length: 4\r\n\r\nv=0\r"));
         let again = Message::parse(text.as_bytes()).unwrap();
         assert_eq!(again.to_bytes(), m.to_bytes());

@@ -75,6 +75,9 @@ impl Timers {
 }
 
 /// What a transaction asks of its owner.
+// Short-lived and moved straight into the endpoint's queues: boxing the
+// Message would cost an allocation per response for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     /// Put these bytes on the wire to the transaction's peer.
@@ -146,7 +149,11 @@ impl Tx {
             } else {
                 Kind::ClientNonInvite
             },
-            state: if invite { State::Calling } else { State::Trying },
+            state: if invite {
+                State::Calling
+            } else {
+                State::Trying
+            },
             peer,
             timers,
             last: bytes.clone(),
@@ -233,7 +240,8 @@ impl Tx {
                     out.push(Output::Response(resp));
                     self.state = State::Completed;
                     // Timer D: at least 32 s on UDP.
-                    self.deadline = self.linger(now, Duration::from_secs(32).max(self.timers.long()));
+                    self.deadline =
+                        self.linger(now, Duration::from_secs(32).max(self.timers.long()));
                 }
             }
             (Kind::ClientInvite, State::Accepted) if (200..300).contains(&code) => {
@@ -506,7 +514,10 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
         let t0 = Instant::now();
         let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
         let ok = Message::response_to(tx.request(), 200, Some("t2"));
-        assert!(matches!(tx.on_response(ok.clone(), t0)[..], [Output::Response(_)]));
+        assert!(matches!(
+            tx.on_response(ok.clone(), t0)[..],
+            [Output::Response(_)]
+        ));
         assert_eq!(tx.state, State::Accepted);
         assert!(matches!(tx.on_response(ok, t0)[..], [Output::Response(_)]));
         assert_eq!(tx.next_timer(), Some(t0 + Duration::from_secs(32)));
