@@ -234,7 +234,7 @@ impl Endpoint {
                 Output::Send(bytes) => self.transmits.push_back(Transmit { to: peer, bytes }),
                 Output::Response(msg) => self.events.push_back(Event::Response {
                     key: key.clone(),
-                    msg,
+                    msg: *msg,
                 }),
                 Output::Timeout => self.events.push_back(Event::Timeout { key: key.clone() }),
             }
@@ -309,7 +309,8 @@ impl Endpoint {
         self.txs.contains_key(&key).then_some(key)
     }
 
-    pub fn server_request(&self, key: &TxKey) -> Option<&Message> {
+    /// The request that opened transaction `key` (either side).
+    pub fn request(&self, key: &TxKey) -> Option<&Message> {
         self.txs.get(key).map(|t| t.request())
     }
 

@@ -1,5 +1,9 @@
+pub mod dialog;
+pub mod digest;
 pub mod endpoint;
 pub mod ids;
 pub mod msg;
 pub mod registrar;
+pub mod sdp;
 pub mod transaction;
+pub mod ua;

@@ -258,7 +258,7 @@ impl Message {
         self.to()?;
         if self.is_request() {
             let cseq = self.cseq()?;
-            if Some(&cseq.method) != self.method() && self.method() != Some(&Method::ACK) {
+            if Some(&cseq.method) != self.method() {
                 return Err(ParseError::BadHeader("CSeq", "method mismatch".into()));
             }
             if let Some(mf) = self.raw(&Name::MAX_FORWARDS) {
@@ -283,6 +283,11 @@ impl Message {
             MessageLine::Request(r) => Some(&r.uri),
             MessageLine::Response(_) => None,
         }
+    }
+
+    /// The Request-URI as text.
+    pub fn uri_text(&self) -> Option<String> {
+        self.uri().map(|u| u.default_print_ctx().to_string())
     }
 
     pub fn uri_mut(&mut self) -> Option<&mut SipUri> {

@@ -81,15 +81,12 @@ impl Timers {
 }
 
 /// What a transaction asks of its owner.
-// Short-lived and moved straight into the endpoint's queues: boxing the
-// Message would cost an allocation per response for no gain.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     /// Put these bytes on the wire to the transaction's peer.
     Send(Vec<u8>),
     /// A response for the transaction user (client side).
-    Response(Message),
+    Response(Box<Message>),
     /// Timer B or F: no final response came (client side), or Timer H: the
     /// ACK for our final response never came (server side).
     Timeout,
@@ -237,17 +234,17 @@ impl Tx {
                     // provisional, so a transaction is never immortal.
                     self.state = State::Proceeding;
                     self.deadline = Some(now + TIMER_C);
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else if code < 300 {
                     // Timer M (RFC 6026 §8.4).
                     self.state = State::Accepted;
                     self.deadline = Some(now + self.timers.long());
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else {
                     let ack = self.ack_for(&resp);
                     self.last = ack.clone();
                     out.push(Output::Send(ack));
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                     self.state = State::Completed;
                     // Timer D: at least 32 s on UDP.
                     self.deadline =
@@ -256,7 +253,7 @@ impl Tx {
             }
             (Kind::ClientInvite, State::Accepted) if (200..300).contains(&code) => {
                 // Retransmitted (or forked) 2xx: the TU must ACK each.
-                out.push(Output::Response(resp));
+                out.push(Output::Response(Box::new(resp)));
             }
             (Kind::ClientInvite, State::Completed) if code >= 300 => {
                 out.push(Output::Send(self.last.clone()));
@@ -264,12 +261,12 @@ impl Tx {
             (Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
                 if code < 200 {
                     self.state = State::Proceeding;
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 } else {
                     self.state = State::Completed;
                     self.retransmit = None;
                     self.deadline = self.linger(now, self.timers.t4);
-                    out.push(Output::Response(resp));
+                    out.push(Output::Response(Box::new(resp)));
                 }
             }
             _ => {}

@@ -1,0 +1,58 @@
+//! Which descriptors are wisp streams: one atomic byte per fd.
+//!
+//! Every hooked call asks this first, so the answer for an ordinary fd must
+//! cost a bounds check and a relaxed load: no lock, no allocation, safe in a
+//! signal handler or a vfork child. Descriptors past the table are never
+//! managed (we refuse to take them over rather than slow everyone down).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub const MAX_FD: usize = 65536;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    None = 0,
+    /// A socket the program asked to connect to a placeholder address.
+    Stream = 1,
+    /// A listening socket of a process that answers for `WISP_NAME`.
+    Listener = 2,
+    /// A UDP socket whose peer is a wisp name.
+    Datagram = 3,
+}
+
+static TABLE: [AtomicU8; MAX_FD] = [const { AtomicU8::new(0) }; MAX_FD];
+
+#[inline]
+pub fn kind(fd: i32) -> Kind {
+    match TABLE.get(fd as usize).map(|k| k.load(Ordering::Acquire)) {
+        Some(1) => Kind::Stream,
+        Some(2) => Kind::Listener,
+        Some(3) => Kind::Datagram,
+        _ => Kind::None,
+    }
+}
+
+#[inline]
+pub fn is_managed(fd: i32) -> bool {
+    TABLE
+        .get(fd as usize)
+        .is_some_and(|k| k.load(Ordering::Acquire) != 0)
+}
+
+/// Returns false when `fd` is past the table.
+pub fn set(fd: i32, kind: Kind) -> bool {
+    match TABLE.get(fd as usize) {
+        Some(slot) => {
+            slot.store(kind as u8, Ordering::Release);
+            true
+        }
+        None => false,
+    }
+}
+
+pub fn clear(fd: i32) {
+    if let Some(slot) = TABLE.get(fd as usize) {
+        slot.store(0, Ordering::Release);
+    }
+}
