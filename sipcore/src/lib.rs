@@ -3,6 +3,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod ids;
 pub mod msg;
+pub mod proxy;
 pub mod registrar;
 pub mod sdp;
 pub mod transaction;
