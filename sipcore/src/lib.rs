@@ -13,6 +13,8 @@ pub mod io;
 #[cfg(feature = "io")]
 pub mod locate;
 pub mod msg;
+pub mod proxy;
+pub mod registrar;
 pub mod sdp;
 pub mod session;
 pub mod transaction;

@@ -386,12 +386,30 @@ impl Message {
         self.headers.insert(name, value.into());
     }
 
-    /// Replace a list header by the given elements (one line per element).
+    /// Replace a list header by the given elements (one line per element)
+    /// where it stood, so pushing a Via or popping a Route leaves Via the
+    /// first header a person reading a trace sees. No elements: removed.
     pub fn set_list(&mut self, name: Name, values: &[String]) {
-        self.headers.remove(&name);
-        for v in values {
-            self.headers.insert(name.clone(), v.clone());
+        let mut out = Headers::with_capacity(self.headers.iter().count() + values.len());
+        let mut placed = false;
+        for (n, v) in self.headers.iter() {
+            if *n == name {
+                if !placed {
+                    for x in values {
+                        out.insert(n.clone(), x.clone());
+                    }
+                    placed = true;
+                }
+                continue;
+            }
+            out.insert(n.clone(), v.as_str().to_string());
         }
+        if !placed {
+            for x in values {
+                out.insert(name.clone(), x.clone());
+            }
+        }
+        self.headers = out;
     }
 
     pub fn vias(&self) -> Vec<String> {
@@ -695,6 +713,21 @@ v=0\r\n";
         assert_eq!(param(top, "received"), Some("2001:db8::9"));
         assert_eq!(param(top, "rport"), Some("40000"));
         assert_eq!(response_target(top, 5060), Some(src));
+    }
+
+    #[test]
+    fn set_list_keeps_the_header_in_place() {
+        let mut m = Message::parse(INVITE.as_bytes()).unwrap();
+        m.stamp_received("192.0.2.9:5060".parse().unwrap());
+        let mut vias = m.vias();
+        vias.insert(0, "SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKp".into());
+        m.set_list(Name::VIA, &vias);
+        let text = m.to_string();
+        let mut lines = text.lines().skip(1);
+        assert!(lines.next().unwrap().ends_with("branch=z9hG4bKp"));
+        assert!(lines.next().unwrap().contains("received=192.0.2.9"));
+        m.set_list(Name::CONTACT, &[]);
+        assert!(!m.headers.contains(&Name::CONTACT));
     }
 
     #[test]

@@ -39,6 +39,12 @@ impl Transport {
     }
 }
 
+/// How long a client INVITE waits in Proceeding after the latest
+/// provisional response before giving up (RFC 3261 §16.6 step 11: more than
+/// three minutes). A proxy answers that timeout with CANCEL and 408; a UA
+/// learns that the callee stopped ringing.
+pub const TIMER_C: Duration = Duration::from_secs(181);
+
 /// Where a message goes or came from. For TCP the address names the
 /// connection's remote end; the I/O layer keeps one connection per peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,7 +229,11 @@ impl Tx {
             (Kind::ClientInvite, State::Calling | State::Proceeding) => {
                 self.retransmit = None;
                 if code < 200 {
+                    // Timer B only guards Calling (§17.1.1.2): a callee may
+                    // ring for minutes. Timer C stands in, restarted by every
+                    // provisional, so a transaction is never immortal.
                     self.state = State::Proceeding;
+                    self.deadline = Some(now + TIMER_C);
                     out.push(Output::Response(Box::new(resp)));
                 } else if code < 300 {
                     // Timer M (RFC 6026 §8.4).
@@ -503,6 +513,27 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
         // Timer D (32 s) ends it quietly.
         let (_, timeout) = run_timers(&mut tx, t0);
         assert!(!timeout);
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn provisional_stops_timer_b_and_starts_timer_c() {
+        let t0 = Instant::now();
+        let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
+        let ringing = Message::response_to(tx.request(), 180, Some("t2"));
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(matches!(
+            tx.on_response(ringing.clone(), t1)[..],
+            [Output::Response(_)]
+        ));
+        // Timer A is off and Timer B (32 s) no longer applies.
+        assert_eq!(tx.next_timer(), Some(t1 + TIMER_C));
+        // Every provisional restarts Timer C.
+        let t2 = t0 + Duration::from_secs(100);
+        tx.on_response(ringing, t2);
+        assert!(tx.on_timer(t1 + TIMER_C).is_empty());
+        let out = tx.on_timer(t2 + TIMER_C);
+        assert!(matches!(out[..], [Output::Timeout]));
         assert!(tx.is_terminated());
     }
 
