@@ -1440,23 +1440,32 @@ mod with_ua {
 
     impl World {
         fn new() -> World {
+            World::with_fred_password(None)
+        }
+
+        /// Proxy A knows fred's password "secret"; fred's UA has `password`.
+        fn with_fred_password(password: Option<&str>) -> World {
             let (a, b) = (addr("192.0.2.10:5060"), addr("198.51.100.10:5060"));
             let mut ca = config("192.0.2.10:5060", "abcd.com");
             ca.routes.insert("wxyz.com".into(), b);
+            if password.is_some() {
+                ca.users.insert("fred@abcd.com".into(), "secret".into());
+            }
             let mut cb = config("198.51.100.10:5060", "wxyz.com");
             cb.routes.insert("abcd.com".into(), a);
-            let ua = |aor: &str, local: &str, proxy: SocketAddr| {
+            let ua = |aor: &str, local: &str, proxy: SocketAddr, password: Option<&str>| {
                 let mut c = UaConfig::new(aor, Transport::Udp, addr(local));
                 c.proxy = Some(proxy);
+                c.password = password.map(str::to_string);
                 Node::Ua(Box::new(Ua::new(c).unwrap()))
             };
             World {
                 now: Instant::now(),
                 nodes: vec![
-                    (addr(FRED), ua("sip:fred@abcd.com", FRED, a)),
+                    (addr(FRED), ua("sip:fred@abcd.com", FRED, a, password)),
                     (a, Node::Proxy(Box::new(Proxy::new(ca)))),
                     (b, Node::Proxy(Box::new(Proxy::new(cb)))),
-                    (addr(BOB), ua("sip:bob@wxyz.com", BOB, b)),
+                    (addr(BOB), ua("sip:bob@wxyz.com", BOB, b, None)),
                 ],
             }
         }
@@ -1593,5 +1602,52 @@ mod with_ua {
             &w.events(FRED_UA)[..],
             [UaEvent::CallFailed { code: 487, .. }]
         ));
+    }
+
+    #[test]
+    fn ua_answers_our_challenges() {
+        let mut w = World::with_fred_password(Some("secret"));
+        let now = w.now;
+        w.ua(FRED_UA).register(now);
+        w.ua(BOB_UA).register(now);
+        w.run();
+        assert_eq!(
+            w.events(FRED_UA),
+            vec![UaEvent::Registered { expires: 600 }]
+        );
+        assert_eq!(w.events(BOB_UA), vec![UaEvent::Registered { expires: 600 }]);
+        w.ua(FRED_UA)
+            .invite("sip:bob@wxyz.com", Bytes::from_static(b"v=0\r\n"), now)
+            .unwrap();
+        w.run();
+        let lines: Vec<String> = match &mut w.nodes[1].1 {
+            Node::Proxy(p) => std::iter::from_fn(|| p.poll_log()).collect(),
+            Node::Ua(_) => unreachable!(),
+        };
+        let codes: Vec<&str> = lines
+            .iter()
+            .map(|l| {
+                l.split("result=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(codes, vec!["401", "200", "407"], "{lines:?}");
+        // The UA answered the 407 and the call went on to bob.
+        assert!(matches!(
+            &w.events(BOB_UA)[..],
+            [UaEvent::IncomingCall { .. }]
+        ));
+
+        let mut w = World::with_fred_password(Some("wrong"));
+        w.ua(FRED_UA).register(now);
+        w.run();
+        assert_eq!(
+            w.events(FRED_UA),
+            vec![UaEvent::RegisterFailed { code: 401 }]
+        );
     }
 }
