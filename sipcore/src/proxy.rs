@@ -149,7 +149,9 @@ enum Hop {
     Lookup {
         domain: String,
         port: Option<u16>,
-        transport: Transport,
+        /// The URI's `transport` param; without one, whatever the name's
+        /// SRV records offer (RFC 3263 §4.1).
+        transport: Option<Transport>,
     },
 }
 
@@ -179,7 +181,7 @@ struct Branch {
     /// As sent: a CANCEL copies its Request-URI, Via and dialog headers.
     sent: Message,
     peer: Peer,
-    alternates: Vec<SocketAddr>,
+    alternates: Vec<Peer>,
     provisional: bool,
     /// The upstream cancelled before this branch had a provisional
     /// response; CANCEL may only follow one (§9.1).
@@ -217,7 +219,7 @@ enum Work {
 struct PendingResolve {
     domain: String,
     port: Option<u16>,
-    transport: Transport,
+    transport: Option<Transport>,
     deadline: Instant,
     work: Work,
 }
@@ -322,8 +324,20 @@ impl Proxy {
 
     /// The driver's answer for `domain`: its addresses in preference order
     /// (SRV priority/weight already applied), or none if the name does not
-    /// exist or has no SIP service (the request then gets 404).
+    /// exist or has no SIP service (the request then gets 404). Each is
+    /// used with the transport the request asked for.
     pub fn resolved(&mut self, domain: &str, addrs: Vec<SocketAddr>, now: Instant) {
+        self.answer(domain, &addrs, &[], now);
+    }
+
+    /// Like [`Proxy::resolved`], for a resolver that tells which transport
+    /// each target's SRV record was for (`_sip._udp` / `_sip._tcp`): a
+    /// request whose URI named a transport only uses targets of that one.
+    pub fn resolved_peers(&mut self, domain: &str, targets: Vec<Peer>, now: Instant) {
+        self.answer(domain, &[], &targets, now);
+    }
+
+    fn answer(&mut self, domain: &str, addrs: &[SocketAddr], targets: &[Peer], now: Instant) {
         let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
         self.asked.remove(&domain);
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
@@ -331,14 +345,28 @@ impl Proxy {
             .partition(|p| p.domain == domain);
         self.pending = rest;
         for p in mine {
-            let mut list: Vec<SocketAddr> = Vec::new();
-            for a in &addrs {
-                let a = SocketAddr::new(a.ip(), p.port.unwrap_or(a.port()));
-                if !list.contains(&a) && list.len() < MAX_ALTERNATES {
-                    list.push(a);
+            let preferred = p.transport.unwrap_or(Transport::Udp);
+            let candidates = addrs
+                .iter()
+                .map(|&addr| Peer {
+                    transport: preferred,
+                    addr,
+                })
+                .chain(
+                    targets
+                        .iter()
+                        .copied()
+                        .filter(|t| p.transport.unwrap_or(t.transport) == t.transport),
+                );
+            let mut list: Vec<Peer> = Vec::new();
+            for mut peer in candidates {
+                // An explicit port in the URI beats the SRV port (§4.2).
+                peer.addr.set_port(p.port.unwrap_or(peer.addr.port()));
+                if !list.contains(&peer) && list.len() < MAX_ALTERNATES {
+                    list.push(peer);
                 }
             }
-            self.run_work(p.work, p.transport, list, 404, now);
+            self.run_work(p.work, list, 404, now);
         }
         self.process(now);
     }
@@ -466,11 +494,11 @@ impl Proxy {
     /// RFC 3263 in the small: an IP literal is the address; a configured
     /// route wins over DNS; anything else is looked up by the driver.
     fn hop_for(&self, uri: &SipUri) -> Hop {
-        let transport = uri
+        let forced = uri
             .uri_params
             .get_val("transport")
-            .and_then(|t| Transport::parse(t))
-            .unwrap_or(Transport::Udp);
+            .and_then(|t| Transport::parse(t));
+        let transport = forced.unwrap_or(Transport::Udp);
         if let Some(addr) = msg::uri_addr(uri) {
             return Hop::Direct(Peer { transport, addr });
         }
@@ -488,7 +516,7 @@ impl Proxy {
             None => Hop::Lookup {
                 domain,
                 port: uri.host_port.port,
-                transport,
+                transport: forced,
             },
         }
     }
@@ -737,7 +765,7 @@ impl Proxy {
         &mut self,
         domain: String,
         port: Option<u16>,
-        transport: Transport,
+        transport: Option<Transport>,
         work: Work,
         now: Instant,
     ) -> bool {
@@ -747,7 +775,7 @@ impl Proxy {
         if self.asked.insert(domain.clone()) {
             self.resolves.push_back(Resolve {
                 domain: domain.clone(),
-                transport,
+                transport: transport.unwrap_or(Transport::Udp),
                 port,
             });
         }
@@ -763,14 +791,7 @@ impl Proxy {
 
     /// Resume parked work with the addresses a name resolved to (none:
     /// answer `fail`).
-    fn run_work(
-        &mut self,
-        work: Work,
-        transport: Transport,
-        mut addrs: Vec<SocketAddr>,
-        fail: u16,
-        now: Instant,
-    ) {
+    fn run_work(&mut self, work: Work, mut peers: Vec<Peer>, fail: u16, now: Instant) {
         match work {
             Work::Branch { server, base } => {
                 let Some(ctx) = self.contexts.get_mut(&server) else {
@@ -780,25 +801,17 @@ impl Proxy {
                 if ctx.final_sent || ctx.cancelled {
                     return self.settle(&server, now);
                 }
-                if addrs.is_empty() {
+                if peers.is_empty() {
                     self.consider(&server, fail);
                 } else {
-                    let first = addrs.remove(0);
-                    let peer = Peer {
-                        transport,
-                        addr: first,
-                    };
-                    self.send_branch(&server, base, peer, addrs, now);
+                    let first = peers.remove(0);
+                    self.send_branch(&server, base, first, peers, now);
                 }
                 self.settle(&server, now);
             }
             Work::Ack { msg } => {
-                if let Some(addr) = addrs.first() {
-                    let peer = Peer {
-                        transport,
-                        addr: *addr,
-                    };
-                    self.send_ack(msg, peer);
+                if let Some(peer) = peers.first() {
+                    self.send_ack(msg, *peer);
                 }
             }
         }
@@ -810,7 +823,7 @@ impl Proxy {
         server: &TxKey,
         base: Message,
         peer: Peer,
-        alternates: Vec<SocketAddr>,
+        alternates: Vec<Peer>,
         now: Instant,
     ) {
         if self.is_local_peer(peer) {
@@ -964,14 +977,13 @@ impl Proxy {
         branch.done = true;
         let mut alternates = std::mem::take(&mut branch.alternates);
         let base = branch.base.clone();
-        let transport = branch.peer.transport;
         let client = branch.client.clone();
         self.clients.remove(&client);
         if alternates.is_empty() {
             return self.settle(server, now);
         }
-        let addr = alternates.remove(0);
-        self.send_branch(server, base, Peer { transport, addr }, alternates, now);
+        let next = alternates.remove(0);
+        self.send_branch(server, base, next, alternates, now);
         self.settle(server, now);
     }
 
@@ -1000,10 +1012,11 @@ impl Proxy {
                 }
             }
         }
-        let better = ctx
-            .best
-            .as_ref()
-            .is_none_or(|b| rank(code) < rank(b.code().unwrap_or(500)));
+        // (No is_none_or: the workspace's rust-version is 1.80.)
+        let better = match &ctx.best {
+            None => true,
+            Some(b) => rank(code) < rank(b.code().unwrap_or(500)),
+        };
         if better {
             ctx.best = Some(resp);
         }
@@ -1269,7 +1282,7 @@ impl SansIo for Proxy {
         self.pending = rest;
         for p in expired {
             self.asked.remove(&p.domain);
-            self.run_work(p.work, p.transport, Vec::new(), 503, now);
+            self.run_work(p.work, Vec::new(), 503, now);
         }
         self.process(now);
     }
