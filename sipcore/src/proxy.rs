@@ -6,8 +6,8 @@
 //! [`SansIo`], and after each call every endpoint event has been turned into
 //! responses, forwarded requests and state. What the proxy cannot do
 //! without I/O it asks for: DNS through [`Proxy::poll_resolve`] /
-//! [`Proxy::resolved`], and one log line per transaction through
-//! [`Proxy::poll_log`].
+//! [`Proxy::resolved`] (or [`Proxy::resolved_peers`]), and one log line per
+//! transaction through [`Proxy::poll_log`].
 //!
 //! Choices where the RFCs leave room:
 //! - Forking is parallel to every live binding of an address of record,
@@ -68,6 +68,9 @@ pub const ALLOW: &str = "OPTIONS, REGISTER, ACK, CANCEL";
 /// A resolved name's addresses are tried in order on 503 or timeout (RFC
 /// 3263 §4.3); more than this many is a misconfigured zone.
 const MAX_ALTERNATES: usize = 8;
+
+/// Unread log lines kept; older ones are dropped first.
+const MAX_LOG_LINES: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -231,6 +234,8 @@ enum Auth {
     Reply(Box<Message>),
 }
 
+/// The proxy and registrar. Drive it through [`SansIo`]; besides bytes it
+/// wants names resolved and has log lines to give.
 pub struct Proxy {
     config: Config,
     endpoint: Endpoint,
@@ -372,7 +377,10 @@ impl Proxy {
     }
 
     /// One line per transaction handled: method, Call-ID, From, To, result,
-    /// and where it went. The binary prints these to stderr.
+    /// and where it went. The binary prints these to stderr. For example
+    /// `INVITE call-id=a84b@pc33 from=sip:fred@abcd.com to=sip:bob@wxyz.com
+    /// result=200 forwarded=udp:198.51.100.10:5060` (one line; `result=-`
+    /// for an ACK, `forwarded=-` for what we answered ourselves).
     pub fn poll_log(&mut self) -> Option<String> {
         self.logs.pop_front()
     }
@@ -1261,6 +1269,10 @@ impl Proxy {
                 forwarded.join(",")
             },
         );
+        // A driver that never reads the log must not make it a leak.
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.logs.pop_front();
+        }
         // Header values cannot hold CR/LF, but a line is a line.
         self.logs.push_back(line.replace(['\r', '\n'], " "));
     }
