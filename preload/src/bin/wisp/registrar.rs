@@ -6,10 +6,12 @@
 
 use crate::cli::{self, usage, Arg, Args, Failure};
 use crate::{signals, users};
-use sipcore::endpoint::{Config, Endpoint, Event, SansIo, Transmit};
+use sipcore::endpoint::{SansIo, Transmit};
 use sipcore::io::Driver;
-use sipcore::msg::{Message, Method, Name};
-use sipcore::transaction::{Peer, Timers};
+use sipcore::locate::{self, Resolver};
+use sipcore::proxy::{Config as ProxyConfig, Proxy};
+use sipcore::transaction::Peer;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -162,23 +164,40 @@ pub fn main(args: Args) -> cli::Result<()> {
         Some(path) => users::load(path).map_err(Failure::Runtime)?,
         None => Vec::new(),
     };
-    let mut timers = Timers::default();
-    if let Some(t1) = opts.t1 {
-        timers.t1 = t1;
-        timers.t2 = timers.t2.max(t1);
-    }
-    let config = Config {
-        timers,
-        ..Config::default()
-    };
-
     let mut driver = Driver::bind(opts.listen).map_err(|e| {
         Failure::Runtime(format!("registrar: cannot listen on {}: {e}", opts.listen))
     })?;
     let stop = signals::on_stop(driver.waker())
         .map_err(|e| Failure::Runtime(format!("registrar: signal setup: {e}")))?;
-    let mut core = Stub::new(Endpoint::new(config), opts.log);
-    eprintln!("listening {}", driver.local_addr());
+    let local = driver.local_addr();
+    if local.ip().is_unspecified() {
+        return Err(usage(
+            "registrar: --listen needs a concrete address (peers are told to send in-dialog requests to it)",
+        ));
+    }
+    let mut config = ProxyConfig::new(local);
+    config.domains = opts.domains.clone();
+    config.routes = opts.routes.iter().cloned().collect();
+    config.users = accounts
+        .iter()
+        .map(|u| (format!("{}@{}", u.user, u.domain), u.password.clone()))
+        .collect();
+    if let Some(t1) = opts.t1 {
+        config.timers.t1 = t1;
+        config.timers.t2 = config.timers.t2.max(t1);
+    }
+    let mut resolver = Resolver::spawn(
+        driver.waker(),
+        locate::system_nameservers(),
+        Duration::from_secs(2),
+        HashMap::new(),
+    )
+    .map_err(|e| Failure::Runtime(format!("registrar: resolver thread: {e}")))?;
+    let mut core = Core {
+        proxy: Proxy::new(config),
+        log: opts.log,
+    };
+    eprintln!("listening {local}");
     if opts.log >= Level::Info {
         eprintln!(
             "domains {}; {} account(s); {} static route(s)",
@@ -191,6 +210,16 @@ pub fn main(args: Args) -> cli::Result<()> {
         driver
             .step(&mut core, Duration::from_secs(1))
             .map_err(|e| Failure::Runtime(format!("registrar: {e}")))?;
+        // RFC 3263 lookups run on the resolver's thread; answers come back
+        // here, and wake the driver when they do.
+        while let Some(r) = core.proxy.poll_resolve() {
+            resolver.request(&r.domain);
+        }
+        while let Some((domain, targets)) = resolver.poll() {
+            let addrs = targets.into_iter().map(|t| t.addr).collect();
+            core.proxy.resolved(&domain, addrs, Instant::now());
+        }
+        core.print_logs();
     }
     if opts.log >= Level::Info {
         eprintln!("stopped");
@@ -198,47 +227,17 @@ pub fn main(args: Args) -> cli::Result<()> {
     Ok(())
 }
 
-/// Stand-in for sipcore's proxy until it lands: answers OPTIONS and
-/// REGISTER with 200 and anything else with 501, so the command's plumbing
-/// (flags, sockets, logging, signals) can be run and tested now.
-struct Stub {
-    ep: Endpoint,
+/// The proxy, with the command's logging around it.
+struct Core {
+    proxy: Proxy,
     log: Level,
 }
 
-impl Stub {
-    fn new(ep: Endpoint, log: Level) -> Stub {
-        Stub { ep, log }
-    }
-
-    fn answer(&mut self, now: Instant) {
-        while let Some(ev) = self.ep.poll_event() {
-            match ev {
-                Event::Request { key, msg, from } => {
-                    let method = msg.method().cloned();
-                    let code = match method {
-                        Some(Method::OPTIONS) | Some(Method::REGISTER) => 200,
-                        _ => 501,
-                    };
-                    let mut resp = Message::response_to(&msg, code, Some(&sipcore::ids::tag()));
-                    if method == Some(Method::REGISTER) {
-                        for (raw, _) in msg.contacts() {
-                            resp.add(Name::CONTACT, raw);
-                        }
-                    }
-                    self.ep.respond(&key, resp, now);
-                    if self.log >= Level::Info {
-                        // The request line without its "SIP/2.0".
-                        let text = msg.to_string();
-                        let line = text.lines().next().unwrap_or_default();
-                        let line = line.strip_suffix(" SIP/2.0").unwrap_or(line);
-                        eprintln!("{line} from {} -> {code}", describe(from));
-                    }
-                }
-                Event::Malformed { from, error } if self.log >= Level::Warn => {
-                    eprintln!("malformed from {}: {error}", describe(from));
-                }
-                _ => {}
+impl Core {
+    fn print_logs(&mut self) {
+        while let Some(line) = self.proxy.poll_log() {
+            if self.log >= Level::Info {
+                eprintln!("{line}");
             }
         }
     }
@@ -248,22 +247,22 @@ fn describe(p: Peer) -> String {
     format!("{}:{}", p.transport.via_name().to_ascii_lowercase(), p.addr)
 }
 
-impl SansIo for Stub {
+impl SansIo for Core {
     fn receive(&mut self, bytes: &[u8], from: Peer, now: Instant) {
         if self.log >= Level::Debug {
             eprintln!("<- {}\n{}", describe(from), String::from_utf8_lossy(bytes));
         }
-        self.ep.receive(bytes, from, now);
-        self.answer(now);
+        self.proxy.receive(bytes, from, now);
+        self.print_logs();
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.ep.handle_timeout(now);
-        self.answer(now);
+        self.proxy.handle_timeout(now);
+        self.print_logs();
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.ep.poll_transmit()?;
+        let t = self.proxy.poll_transmit()?;
         if self.log >= Level::Debug {
             eprintln!(
                 "-> {}\n{}",
@@ -275,7 +274,7 @@ impl SansIo for Stub {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.ep.poll_timeout()
+        self.proxy.poll_timeout()
     }
 }
 
