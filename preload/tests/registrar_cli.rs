@@ -107,7 +107,11 @@ fn registrar_answers_options_over_udp_and_tcp_and_stops_on_sigterm() {
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert_eq!(status_line(&text), "SIP/2.0 200 OK", "{text}");
     assert!(text.contains("udp1@"));
-    reg.expect_log("OPTIONS");
+    let line = reg.expect_log("call-id=udp1@");
+    assert!(
+        line.starts_with("OPTIONS") && line.contains("result=200"),
+        "{line}"
+    );
 
     let mut tcp = TcpStream::connect(reg.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -122,8 +126,8 @@ fn registrar_answers_options_over_udp_and_tcp_and_stops_on_sigterm() {
     }
     assert_eq!(status_line(&text), "SIP/2.0 200 OK", "{text}");
     assert!(text.contains("tcp1@"));
-    let line = reg.expect_log("tcp:");
-    assert!(line.contains("-> 200"), "{line}");
+    let line = reg.expect_log("call-id=tcp1@");
+    assert!(line.contains("result=200"), "{line}");
 
     assert_eq!(reg.stop(libc::SIGTERM), 0);
 }

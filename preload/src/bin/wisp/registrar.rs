@@ -8,7 +8,7 @@ use crate::cli::{self, usage, Arg, Args, Failure};
 use crate::{signals, users};
 use sipcore::endpoint::{SansIo, Transmit};
 use sipcore::io::Driver;
-use sipcore::locate::{self, Resolver};
+use sipcore::locate::{self, Lookup, Resolver};
 use sipcore::proxy::{Config as ProxyConfig, Proxy};
 use sipcore::transaction::Peer;
 use std::collections::HashMap;
@@ -213,11 +213,15 @@ pub fn main(args: Args) -> cli::Result<()> {
         // RFC 3263 lookups run on the resolver's thread; answers come back
         // here, and wake the driver when they do.
         while let Some(r) = core.proxy.poll_resolve() {
-            resolver.request(&r.domain);
+            resolver.request(Lookup {
+                domain: r.domain,
+                transport: r.transport,
+                port: r.port,
+            });
         }
-        while let Some((domain, targets)) = resolver.poll() {
+        while let Some((lookup, targets)) = resolver.poll() {
             let addrs = targets.into_iter().map(|t| t.addr).collect();
-            core.proxy.resolved(&domain, addrs, Instant::now());
+            core.proxy.resolved(&lookup.domain, addrs, Instant::now());
         }
         core.print_logs();
     }
