@@ -336,3 +336,55 @@ fn failures_are_the_errors_programs_expect() {
         "the log names the setting: {err}"
     );
 }
+
+const FORK_DUP: &str = r#"
+import hashlib, os, socket, sys
+
+def fetch(path):
+    s = socket.create_connection(("bob.wxyz", 8080), timeout=30)
+    # Work through a duplicate and close the original: the stream must
+    # survive as long as one descriptor refers to it.
+    s2 = socket.socket(fileno=os.dup(s.fileno()))
+    s2.settimeout(30)
+    s.close()
+    s2.sendall(("GET /%s HTTP/1.0\r\n\r\n" % path).encode())
+    data = b""
+    while True:
+        chunk = s2.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s2.close()
+    return hashlib.sha256(data.split(b"\r\n\r\n", 1)[1]).hexdigest()
+
+print("parent", fetch(sys.argv[1]), flush=True)
+pid = os.fork()
+if pid == 0:
+    # The child has no SIP thread of its own yet: using a name starts one.
+    print("child", fetch(sys.argv[1]), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn fork_and_dup_keep_working() {
+    let w = World::new("fork", Proxy::Wisp);
+    let (_, hash) = w.random_file("small.bin", 300_000);
+    let _srv = http_server(&w, &w.dir.0);
+    let script = w.dir.path("forkdup.py");
+    std::fs::write(&script, FORK_DUP).unwrap();
+    let (st, out, err) = run(
+        w.wisp_cmd(
+            Node::Corr,
+            None,
+            ["python3", script.to_str().unwrap(), "small.bin"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{st}\n{out}\n{err}");
+    assert!(out.contains(&format!("parent {hash}")), "{out}");
+    assert!(out.contains(&format!("child {hash}")), "{out}");
+    // Two SIP threads: the parent's and the child's.
+    assert_eq!(err.matches("SIP thread up").count(), 2, "{err}");
+}
