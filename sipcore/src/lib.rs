@@ -15,6 +15,7 @@ pub mod locate;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
+pub mod ring;
 pub mod sdp;
 pub mod session;
 pub mod transaction;
