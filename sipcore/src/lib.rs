@@ -10,6 +10,7 @@ pub mod framing;
 pub mod ids;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod keys;
 #[cfg(feature = "io")]
 pub mod locate;
 pub mod msg;
