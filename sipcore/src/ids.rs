@@ -1,4 +1,4 @@
-//! Random tokens for branches, tags and Call-IDs.
+//! Random tokens for branches, tags, Call-IDs and stream ids.
 //!
 //! RFC 3261 asks that tags and Call-IDs be globally unique and hard to guess
 //! (§19.3): a guessed tag lets a third party inject requests into a dialog.
@@ -61,6 +61,64 @@ pub fn call_id(host: &str) -> String {
     format!("{}@{}", token(20), host)
 }
 
+/// Names one wisp stream to both of its ends: in the SDP (`a=wisp-stream`)
+/// and in the first bytes of every connection that resumes it, where the
+/// accepting side looks the stream up by it. Not a secret (it crosses the
+/// proxies in clear): what proves a claim to the stream is the stream key.
+/// 16 random bytes, so two streams never share one by chance.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub [u8; 16]);
+
+impl StreamId {
+    pub fn random() -> StreamId {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut h = Sha256::new();
+        h.update(seed());
+        h.update(b"stream-id");
+        h.update(n.to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize()[..16]);
+        StreamId(id)
+    }
+
+    /// The `a=wisp-stream` spelling: 32 lowercase hex digits.
+    pub fn to_token(&self) -> String {
+        self.to_string()
+    }
+
+    /// Only the exact spelling [`StreamId::to_token`] prints, so one id
+    /// has one token (a MAC or a table lookup over the text cannot be
+    /// fooled by `ABC` versus `abc`).
+    pub fn from_token(s: &str) -> Option<StreamId> {
+        let s = s.as_bytes();
+        if s.len() != 32 {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut id = [0u8; 16];
+        for (i, pair) in s.chunks(2).enumerate() {
+            id[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(StreamId(id))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamId({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -70,5 +128,28 @@ mod tests {
         assert!(a.starts_with("z9hG4bK"));
         assert_ne!(a, b);
         assert_eq!(super::token(40).len(), 40);
+    }
+
+    #[test]
+    fn stream_id_tokens() {
+        use super::StreamId;
+        let a = StreamId::random();
+        assert_ne!(a, StreamId::random());
+        let t = a.to_token();
+        assert_eq!(t.len(), 32);
+        assert_eq!(StreamId::from_token(&t), Some(a));
+        let id = StreamId([0xab; 16]);
+        assert_eq!(id.to_token(), "ab".repeat(16));
+        for bad in [
+            "AB".repeat(16),
+            "ab".repeat(15),
+            "ab".repeat(17),
+            format!("{}g", "a".repeat(31)),
+            format!("{}+", "a".repeat(31)),
+            format!("{}\u{e9}", "a".repeat(30)),
+            String::new(),
+        ] {
+            assert_eq!(StreamId::from_token(&bad), None, "{bad:?}");
+        }
     }
 }

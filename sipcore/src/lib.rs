@@ -10,11 +10,13 @@ pub mod framing;
 pub mod ids;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod keys;
 #[cfg(feature = "io")]
 pub mod locate;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
+pub mod ring;
 pub mod sdp;
 pub mod session;
 pub mod transaction;
