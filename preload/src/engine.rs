@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 /// What the library knows of one stream. Shared between duplicates of the
 /// descriptor (dup, dup2, F_DUPFD): the dialog ends when the last goes.
-#[derive(Debug)]
 pub struct Stream {
     pub call: Option<CallId>,
+    /// The counted, replayable data path.
+    pub io: crate::stream::StreamIo,
     /// What getpeername() reports: the placeholder the program dialled.
     pub peer_seen: Option<SocketAddr>,
     /// The process that made the dialog; a forked child closing its copy
@@ -36,7 +37,7 @@ pub struct Listener {
     pub owner: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Entry {
     Stream(Arc<Stream>),
     Listener(Arc<Listener>),
@@ -217,8 +218,17 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
             return -1;
         }
     };
+    let io = match crate::stream::StreamIo::new() {
+        Ok(io) => io,
+        Err(e) => {
+            warn!("connect to {uri}: {e}");
+            set_errno(libc::EMFILE);
+            return -1;
+        }
+    };
     let stream = Arc::new(Stream {
         call: Some(call),
+        io,
         peer_seen: Some(placeholder),
         owner: std::process::id(),
     });
@@ -289,8 +299,13 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
     let call = EXPECTED.lock().as_mut().and_then(|m| m.remove(&peer));
     if let Some(call) = call {
         debug!("accepted {peer} on fd {fd}: call {call}");
+        let Ok(io) = crate::stream::StreamIo::new() else {
+            warn!("accepted {peer}: no eventfd; the stream is not tracked");
+            return;
+        };
         let stream = Arc::new(Stream {
             call: Some(call),
+            io,
             peer_seen: None,
             owner: std::process::id(),
         });
@@ -327,6 +342,8 @@ pub fn release(fd: c_int) {
         Entry::Stream(s) => {
             // Last descriptor of this stream, in the process that owns it.
             if Arc::strong_count(&s) == 1 && s.owner == pid {
+                let (tx, rx) = s.io.counters();
+                info!("stream closed: {tx} bytes sent, {rx} received");
                 if let (Some(call), Ok(h)) = (s.call.clone(), sip::handle()) {
                     h.send(Command::Hangup { call });
                 }
@@ -353,6 +370,14 @@ pub fn duplicated(old: c_int, new: c_int) {
         with_table(|t| t.insert(new, e));
         fdtable::set(new, kind);
     }
+}
+
+/// The stream behind a descriptor, for the data-path hooks.
+pub fn stream(fd: c_int) -> Option<Arc<Stream>> {
+    with_table(|t| match t.get(&fd) {
+        Some(Entry::Stream(s)) => Some(s.clone()),
+        _ => None,
+    })
 }
 
 /// getpeername() on a stream reports the placeholder the program dialled.

@@ -335,11 +335,221 @@ unsafe fn fcntl_common(sym: &real::Sym, fd: c_int, cmd: c_int, arg: libc::c_ulon
     rc
 }
 
-// ---- the data path and the waits ----------------------------------------
+// ---- the data path ------------------------------------------------------
 //
-// A stream's bytes flow on the program's own kernel socket, so these pass
-// through today; they are here so that every path a byte can take already
-// runs through one place when streams learn to move.
+// Descriptors that are not streams go straight to libc. A stream's bytes go
+// through `StreamIo`, which counts them, keeps what the peer may not have,
+// and never blocks inside the kernel (see stream.rs for why).
+
+use crate::stream::{one, RecvCall, SendCall};
+use libc::{
+    c_uint, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off_t, pollfd, sigset_t,
+    size_t, ssize_t, timespec, timeval,
+};
+
+/// The iovec list of a msghdr.
+///
+/// # Safety
+/// `m` is a valid header.
+#[allow(clippy::unnecessary_cast)] // msg_iovlen is not usize on every libc
+unsafe fn iov_of(m: &msghdr) -> &[iovec] {
+    if m.msg_iov.is_null() {
+        &[]
+    } else {
+        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen as usize) }
+    }
+}
+
+/// The stream behind `fd`, if it is one; one atomic load when it is not.
+#[inline]
+fn stream_of(fd: c_int) -> Option<std::sync::Arc<engine::Stream>> {
+    if fdtable::kind(fd) != fdtable::Kind::Stream {
+        return None;
+    }
+    guard("stream lookup", None, || engine::stream(fd))
+}
+
+fn send_io(
+    what: &str,
+    s: &engine::Stream,
+    fd: c_int,
+    iov: &[iovec],
+    msg: Option<&msghdr>,
+    flags: c_int,
+) -> ssize_t {
+    guard(what, -1, || s.io.send(fd, SendCall { iov, msg, flags }))
+}
+
+fn recv_io(
+    what: &str,
+    s: &engine::Stream,
+    fd: c_int,
+    iov: &[iovec],
+    msg: Option<*mut msghdr>,
+    flags: c_int,
+) -> ssize_t {
+    guard(what, -1, || s.io.recv(fd, RecvCall { iov, msg, flags }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) => recv_io("read", &s, fd, &[one(buf, n)], None, 0),
+        None => unsafe { real::read(fd, buf, n) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) => send_io("write", &s, fd, &[one(buf, n)], None, 0),
+        None => unsafe { real::write(fd, buf, n) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) if n >= 0 && !iov.is_null() => {
+            let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+            recv_io("readv", &s, fd, v, None, 0)
+        }
+        _ => unsafe { real::readv(fd, iov, n) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) if n >= 0 && !iov.is_null() => {
+            let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+            send_io("writev", &s, fd, v, None, 0)
+        }
+        _ => unsafe { real::writev(fd, iov, n) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) => recv_io("recv", &s, fd, &[one(buf, n)], None, flags),
+        None => unsafe { real::recv(fd, buf, n, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) => send_io("send", &s, fd, &[one(buf, n)], None, flags),
+        None => unsafe { real::send(fd, buf, n, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) => {
+            // A connected TCP socket reports no source address.
+            if !len.is_null() {
+                unsafe { *len = 0 };
+            }
+            recv_io("recvfrom", &s, fd, &[one(buf, n)], None, flags)
+        }
+        None => unsafe { real::recvfrom(fd, buf, n, flags, addr, len) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) if !msg.is_null() => {
+            let m = unsafe { &*msg };
+            let v = unsafe { iov_of(m) };
+            recv_io("recvmsg", &s, fd, v, Some(msg), flags)
+        }
+        _ => unsafe { real::recvmsg(fd, msg, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    match stream_of(fd) {
+        Some(s) if !msg.is_null() => {
+            let m = unsafe { &*msg };
+            let v = unsafe { iov_of(m) };
+            send_io("sendmsg", &s, fd, v, Some(m), flags)
+        }
+        _ => unsafe { real::sendmsg(fd, msg, flags) },
+    }
+}
+
+/// sendfile() to a stream is done as read + send, so its bytes reach the
+/// replay ring; from a file, as the kernel would, it moves the offset by
+/// what was sent.
+unsafe fn sendfile_common(
+    out: c_int,
+    inp: c_int,
+    off: *mut off_t,
+    n: size_t,
+    s: &engine::Stream,
+) -> ssize_t {
+    let mut buf = vec![0u8; n.min(256 * 1024)];
+    let got = if off.is_null() {
+        unsafe { real::read(inp, buf.as_mut_ptr().cast(), buf.len()) }
+    } else {
+        unsafe { libc::pread(inp, buf.as_mut_ptr().cast(), buf.len(), *off) }
+    };
+    if got <= 0 {
+        return got;
+    }
+    let sent = send_io(
+        "sendfile",
+        s,
+        out,
+        &[one(buf.as_ptr().cast(), got as usize)],
+        None,
+        0,
+    );
+    let moved = sent.max(0);
+    if off.is_null() {
+        if moved < got {
+            // Put back what was read and not sent.
+            unsafe { libc::lseek(inp, (moved - got) as off_t, libc::SEEK_CUR) };
+        }
+    } else {
+        unsafe { *off += moved as off_t };
+    }
+    sent
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+    match stream_of(out) {
+        Some(s) => unsafe { sendfile_common(out, inp, off, n, &s) },
+        None => unsafe { real::sendfile(out, inp, off, n) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+    match stream_of(out) {
+        Some(s) => unsafe { sendfile_common(out, inp, off, n, &s) },
+        None => unsafe { real::sendfile64(out, inp, off, n) },
+    }
+}
+
+// ---- the waits ----------------------------------------------------------
+//
+// These pass through: readiness of a stream is its socket's readiness. They
+// are here so moves can put back what a descriptor swap takes away (epoll
+// registrations) in one place.
 
 macro_rules! passthrough {
     ($($name:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
@@ -352,25 +562,9 @@ macro_rules! passthrough {
     };
 }
 
-use libc::{
-    c_uint, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off_t, pollfd, sigset_t,
-    size_t, ssize_t, timespec, timeval,
-};
-
 passthrough! {
-    read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
-    write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
-    readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
-    writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
-    recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
-    send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
-    recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
-    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
-    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
     recvmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int, timeout: *mut timespec) -> c_int;
     sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int;
-    sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
-    sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
     poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
     ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int;
     select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *mut timeval) -> c_int;
@@ -397,6 +591,10 @@ pub unsafe extern "C" fn sendto(
             set_errno(libc::EDESTADDRREQ);
             return -1;
         }
+    }
+    if let Some(s) = stream_of(fd) {
+        // A connected TCP socket ignores the address.
+        return send_io("sendto", &s, fd, &[one(buf, n)], None, flags);
     }
     unsafe { real::sendto(fd, buf, n, flags, addr, len) }
 }

@@ -11,6 +11,7 @@ pub mod real;
 pub mod resolve;
 pub mod sip;
 pub mod state;
+pub mod stream;
 
 // The hooks are left out of unit-test builds: a test binary must not
 // interpose its own libc calls.

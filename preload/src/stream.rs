@@ -1,0 +1,480 @@
+//! The data path of a wisp stream: every byte the program sends is counted
+//! and kept in the replay ring until the peer's TCP has it, every byte it
+//! receives is counted, and no program thread ever blocks inside the
+//! kernel on the stream's socket.
+//!
+//! Why the last: a move must be able to stop all traffic on the old socket
+//! at an exact byte count and wake every thread waiting on it without
+//! tearing the old connection down (a FIN the peer read too early would be
+//! an end of stream it never asked for). So each call is made with
+//! MSG_DONTWAIT, and a call the program made blocking waits in our poll(),
+//! on the socket and on the stream's wake eventfd. The program's own view of
+//! O_NONBLOCK is untouched: it is read from the file at each call.
+
+use crate::real;
+use libc::{c_int, c_void, iovec, msghdr, ssize_t};
+use parking_lot::{Condvar, Mutex};
+use sipcore::ring::ReplayRing;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the ring starts; it grows with the socket's send buffer (the
+/// kernel cannot hold more unacknowledged bytes than that).
+const RING_START: usize = 256 * 1024;
+
+/// Bytes sent and not known to be received, and how many were sent.
+struct TxSide {
+    ring: ReplayRing,
+}
+
+/// Bytes received, and bytes taken from an old socket during a move that
+/// the program has not read yet (it gets them before anything new).
+struct RxSide {
+    rx: u64,
+    pending: Vec<u8>,
+    pending_at: usize,
+}
+
+pub struct StreamIo {
+    tx: Mutex<TxSide>,
+    rx: Mutex<RxSide>,
+    moving: AtomicBool,
+    settled: Mutex<()>,
+    settled_cv: Condvar,
+    wake: c_int,
+}
+
+impl Drop for StreamIo {
+    fn drop(&mut self) {
+        // SAFETY: our own eventfd.
+        unsafe { real::close(self.wake) };
+    }
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn set_errno(e: c_int) {
+    crate::engine::set_errno(e)
+}
+
+/// The program's own blocking mode for the socket, read from the file.
+fn program_nonblocking(fd: c_int) -> bool {
+    // SAFETY: F_GETFL has no pointer arguments.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+/// SO_RCVTIMEO / SO_SNDTIMEO: a blocking call that waits longer fails with
+/// EAGAIN, as the kernel's would.
+fn socket_timeout(fd: c_int, opt: c_int) -> Option<Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: valid out pointers.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut tv as *mut _ as *mut c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    Some(Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64))
+}
+
+/// Total length of an iovec list.
+///
+/// # Safety
+/// `iov` valid for `n` entries.
+unsafe fn iov_len(iov: *const iovec, n: usize) -> usize {
+    (0..n).map(|i| unsafe { (*iov.add(i)).iov_len }).sum()
+}
+
+/// The first `limit` bytes of an iovec list, as a new list.
+///
+/// # Safety
+/// `iov` valid for `n` entries.
+unsafe fn iov_prefix(iov: *const iovec, n: usize, limit: usize) -> Vec<iovec> {
+    let mut out = Vec::with_capacity(n);
+    let mut left = limit;
+    for i in 0..n {
+        if left == 0 {
+            break;
+        }
+        let v = unsafe { *iov.add(i) };
+        let take = v.iov_len.min(left);
+        out.push(iovec {
+            iov_base: v.iov_base,
+            iov_len: take,
+        });
+        left -= take;
+    }
+    out
+}
+
+/// Call `f` for each slice of the first `n` bytes of an iovec list.
+///
+/// # Safety
+/// `iov` valid for `count` entries with readable buffers.
+unsafe fn for_each_slice(iov: *const iovec, count: usize, n: usize, mut f: impl FnMut(&[u8])) {
+    let mut left = n;
+    for i in 0..count {
+        if left == 0 {
+            break;
+        }
+        let v = unsafe { *iov.add(i) };
+        let take = v.iov_len.min(left);
+        if take > 0 {
+            f(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, take) });
+        }
+        left -= take;
+    }
+}
+
+/// A send-family call, reduced to what the data path needs.
+pub struct SendCall<'a> {
+    pub iov: &'a [iovec],
+    /// The program's sendmsg header (name, control data, flags), if any.
+    pub msg: Option<&'a msghdr>,
+    pub flags: c_int,
+}
+
+/// A receive-family call.
+pub struct RecvCall<'a> {
+    pub iov: &'a [iovec],
+    pub msg: Option<*mut msghdr>,
+    pub flags: c_int,
+}
+
+impl StreamIo {
+    pub fn new() -> std::io::Result<StreamIo> {
+        // SAFETY: eventfd has no pointer arguments.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(StreamIo {
+            tx: Mutex::new(TxSide {
+                ring: ReplayRing::new(RING_START),
+            }),
+            rx: Mutex::new(RxSide {
+                rx: 0,
+                pending: Vec::new(),
+                pending_at: 0,
+            }),
+            moving: AtomicBool::new(false),
+            settled: Mutex::new(()),
+            settled_cv: Condvar::new(),
+            wake,
+        })
+    }
+
+    /// Bytes sent (accepted from the program) and received (handed to it).
+    pub fn counters(&self) -> (u64, u64) {
+        let tx = self.tx.lock().ring.tx();
+        let rx = self.rx.lock().rx;
+        (tx, rx)
+    }
+
+    /// Bytes held for the program (drained from an old socket), for
+    /// FIONREAD.
+    pub fn pending(&self) -> usize {
+        let r = self.rx.lock();
+        r.pending.len() - r.pending_at
+    }
+
+    /// Wait (a blocking call) until the socket is ready for `events` or a
+    /// move wakes us. Returns false on timeout.
+    fn wait(&self, fd: c_int, events: i16, deadline: Option<Instant>) -> bool {
+        loop {
+            if self.moving.load(Ordering::Acquire) {
+                let mut g = self.settled.lock();
+                while self.moving.load(Ordering::Acquire) {
+                    self.settled_cv.wait_for(&mut g, Duration::from_millis(200));
+                }
+                return true;
+            }
+            let timeout = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as c_int
+                }
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let rc = unsafe { real::poll(fds.as_mut_ptr(), 2, timeout) };
+            if rc < 0 && errno() != libc::EINTR {
+                return true;
+            }
+            if fds[0].revents != 0 {
+                return true;
+            }
+        }
+    }
+
+    /// send/write/writev/sendmsg on a stream.
+    pub fn send(&self, fd: c_int, call: SendCall<'_>) -> ssize_t {
+        let want = unsafe { iov_len(call.iov.as_ptr(), call.iov.len()) };
+        let blocking = call.flags & libc::MSG_DONTWAIT == 0 && !program_nonblocking(fd);
+        let deadline = if blocking {
+            socket_timeout(fd, libc::SO_SNDTIMEO).map(|t| Instant::now() + t)
+        } else {
+            None
+        };
+        loop {
+            if self.moving.load(Ordering::Acquire) {
+                if !blocking {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                self.wait(fd, libc::POLLOUT, deadline);
+                continue;
+            }
+            let mut tx = self.tx.lock();
+            if self.moving.load(Ordering::Acquire) {
+                continue;
+            }
+            if tx.ring.free() < want.max(1) {
+                self.make_room(fd, &mut tx.ring);
+            }
+            let room = tx.ring.free();
+            if room == 0 {
+                // Everything we may hold is unacknowledged: the socket's
+                // buffer is full too, so wait as the kernel would.
+                drop(tx);
+                if !blocking {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                if !self.wait(fd, libc::POLLOUT, deadline) {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                continue;
+            }
+            let iov = unsafe { iov_prefix(call.iov.as_ptr(), call.iov.len(), room) };
+            let mut msg: msghdr = match call.msg {
+                Some(m) => *m,
+                // SAFETY: an all-zero msghdr is a valid empty header.
+                None => unsafe { std::mem::zeroed() },
+            };
+            msg.msg_iov = iov.as_ptr() as *mut iovec;
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: msg points at live iovecs and the program's buffers.
+            let n = unsafe { real::sendmsg(fd, &msg, call.flags | libc::MSG_DONTWAIT) };
+            if n > 0 {
+                unsafe {
+                    for_each_slice(iov.as_ptr(), iov.len(), n as usize, |s| {
+                        tx.ring.push(s);
+                    })
+                };
+                return n;
+            }
+            let e = errno();
+            drop(tx);
+            if n == 0 || e != libc::EAGAIN || !blocking {
+                set_errno(e);
+                return n;
+            }
+            if !self.wait(fd, libc::POLLOUT, deadline) {
+                set_errno(libc::EAGAIN);
+                return -1;
+            }
+        }
+    }
+
+    /// Drop from the ring what the peer's TCP has acknowledged (SIOCOUTQ is
+    /// what is still unacknowledged), and let the ring follow the socket's
+    /// send buffer as the kernel autotunes it.
+    fn make_room(&self, fd: c_int, ring: &mut ReplayRing) {
+        let mut outq: c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
+            let acked = ring.tx().saturating_sub(outq as u64);
+            ring.trim_to(acked);
+        }
+        let mut sndbuf: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: valid out pointers.
+        if unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &mut sndbuf as *mut _ as *mut c_void,
+                &mut len,
+            )
+        } == 0
+        {
+            ring.grow_to(sndbuf.max(0) as usize);
+        }
+    }
+
+    /// recv/read/readv/recvfrom/recvmsg on a stream. MSG_WAITALL on a
+    /// blocking call is honoured piecewise, so a move can come between the
+    /// pieces.
+    pub fn recv(&self, fd: c_int, call: RecvCall<'_>) -> ssize_t {
+        let waitall = call.flags & libc::MSG_WAITALL != 0 && call.flags & libc::MSG_PEEK == 0;
+        if !waitall || program_nonblocking(fd) || call.flags & libc::MSG_DONTWAIT != 0 {
+            return self.recv_once(fd, call);
+        }
+        let want = unsafe { iov_len(call.iov.as_ptr(), call.iov.len()) };
+        let mut got = 0usize;
+        while got < want {
+            let rest = iov_skip(call.iov, got);
+            let n = self.recv_once(
+                fd,
+                RecvCall {
+                    iov: &rest,
+                    msg: call.msg,
+                    flags: call.flags,
+                },
+            );
+            if n <= 0 {
+                return if got > 0 { got as ssize_t } else { n };
+            }
+            got += n as usize;
+        }
+        got as ssize_t
+    }
+
+    fn recv_once(&self, fd: c_int, call: RecvCall<'_>) -> ssize_t {
+        let peek = call.flags & libc::MSG_PEEK != 0;
+        let blocking = call.flags & libc::MSG_DONTWAIT == 0 && !program_nonblocking(fd);
+        let deadline = if blocking {
+            socket_timeout(fd, libc::SO_RCVTIMEO).map(|t| Instant::now() + t)
+        } else {
+            None
+        };
+        let want = unsafe { iov_len(call.iov.as_ptr(), call.iov.len()) };
+        if want == 0 {
+            return 0;
+        }
+        loop {
+            if self.moving.load(Ordering::Acquire) {
+                if !blocking {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                self.wait(fd, libc::POLLIN, deadline);
+                continue;
+            }
+            let mut rx = self.rx.lock();
+            if self.moving.load(Ordering::Acquire) {
+                continue;
+            }
+            if rx.pending_at < rx.pending.len() {
+                let n = scatter(&rx.pending[rx.pending_at..], call.iov);
+                if !peek {
+                    rx.pending_at += n;
+                    rx.rx += n as u64;
+                    if rx.pending_at == rx.pending.len() {
+                        rx.pending.clear();
+                        rx.pending_at = 0;
+                    }
+                }
+                return n as ssize_t;
+            }
+            let mut msg: msghdr = match call.msg {
+                // SAFETY: the program's header, valid for this call.
+                Some(m) => unsafe { *m },
+                None => unsafe { std::mem::zeroed() },
+            };
+            msg.msg_iov = call.iov.as_ptr() as *mut iovec;
+            msg.msg_iovlen = call.iov.len() as _;
+            // MSG_WAITALL is done here, a piece at a time, so a move can
+            // come between the pieces.
+            let flags = (call.flags | libc::MSG_DONTWAIT) & !libc::MSG_WAITALL;
+            // SAFETY: msg points at the program's buffers.
+            let n = unsafe { real::recvmsg(fd, &mut msg, flags) };
+            if n > 0 {
+                if !peek {
+                    rx.rx += n as u64;
+                }
+                if let Some(m) = call.msg {
+                    // SAFETY: the program's header: report what the kernel said.
+                    unsafe {
+                        (*m).msg_namelen = msg.msg_namelen;
+                        (*m).msg_controllen = msg.msg_controllen;
+                        (*m).msg_flags = msg.msg_flags;
+                    }
+                }
+                return n;
+            }
+            let e = errno();
+            drop(rx);
+            if n == 0 || e != libc::EAGAIN || !blocking {
+                set_errno(e);
+                return n;
+            }
+            if !self.wait(fd, libc::POLLIN, deadline) {
+                set_errno(libc::EAGAIN);
+                return -1;
+            }
+        }
+    }
+}
+
+/// An iovec list without its first `skip` bytes.
+fn iov_skip(iov: &[iovec], mut skip: usize) -> Vec<iovec> {
+    let mut out = Vec::with_capacity(iov.len());
+    for v in iov {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        // SAFETY: stays inside the program's buffer.
+        out.push(iovec {
+            iov_base: unsafe { (v.iov_base as *mut u8).add(skip) } as *mut c_void,
+            iov_len: v.iov_len - skip,
+        });
+        skip = 0;
+    }
+    out
+}
+
+/// Copy `src` into an iovec list; returns how much fit.
+fn scatter(src: &[u8], iov: &[iovec]) -> usize {
+    let mut done = 0;
+    for v in iov {
+        if done == src.len() {
+            break;
+        }
+        let take = v.iov_len.min(src.len() - done);
+        // SAFETY: the program's buffer, iov_len bytes long.
+        unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), v.iov_base as *mut u8, take) };
+        done += take;
+    }
+    done
+}
+
+/// A single buffer as an iovec.
+pub fn one(buf: *const c_void, len: usize) -> iovec {
+    iovec {
+        iov_base: buf as *mut c_void,
+        iov_len: len,
+    }
+}
