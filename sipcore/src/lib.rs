@@ -16,6 +16,7 @@ pub mod locate;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
+pub mod resume;
 pub mod ring;
 pub mod sdp;
 pub mod session;
