@@ -13,6 +13,7 @@ pub mod io;
 pub mod keys;
 #[cfg(feature = "io")]
 pub mod locate;
+pub mod mobility;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
