@@ -465,9 +465,11 @@ impl fmt::Debug for Initiator {
 }
 
 impl Initiator {
-    /// `counter` must be above every one the peer accepted on this stream
-    /// (the move's counter serves); `rx` is what we received, final: the
-    /// old connection is drained before the Init goes out.
+    /// `counter` must be above every Init counter this side has used on
+    /// the stream: keep one per stream and add one per attempt, since the
+    /// peer takes each number once and either side may be the one that
+    /// dials. `rx` is what we received, final: the old connection is
+    /// drained before the Init goes out.
     pub fn new(key: &StreamKey, stream_id: StreamId, counter: u64, rx: u64) -> Initiator {
         Initiator {
             out: key.resume_out().clone(),
