@@ -233,7 +233,7 @@ fn do_move(rng: &mut Rng, hosts: &mut [Host; 2], sid: StreamId, mover: usize, in
         &initiator.init(),
         |piece| {
             let got = responder.push(piece, |id| {
-                (*id == sid).then(|| StreamState {
+                (*id == sid).then_some(StreamState {
                     key: &r.key,
                     counter: &mut r.peer_inits,
                     ring: &r.ring,
