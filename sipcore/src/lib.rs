@@ -13,9 +13,11 @@ pub mod io;
 pub mod keys;
 #[cfg(feature = "io")]
 pub mod locate;
+pub mod mobility;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
+pub mod resume;
 pub mod ring;
 pub mod sdp;
 pub mod session;

@@ -326,7 +326,7 @@ mod tests {
     /// pushed in one Vec, and the start offset.
     #[test]
     fn matches_naive_model() {
-        let mut rng = Rng(0x005e_ed0f_7e57_1234);
+        let mut rng = Rng(0x5eed_0f7e_5712_3400);
         let mut r = ReplayRing::new(37);
         let mut sent: Vec<u8> = Vec::new();
         let mut start = 0u64;
