@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod fdtable;
 pub mod names;
+pub mod netwatch;
 pub mod real;
 pub mod resolve;
 pub mod sip;
