@@ -92,6 +92,9 @@ struct Conn {
     raw: Vec<u8>,
     opened: Instant,
     last_active: Instant,
+    /// An accepted connection whose first bytes have not been looked at:
+    /// it may be a resumed stream rather than SIP (see [`Handoff`]).
+    sniffing: bool,
 }
 
 impl Conn {
@@ -104,6 +107,7 @@ impl Conn {
             raw: Vec::new(),
             opened: now,
             last_active: now,
+            sniffing: false,
         }
     }
 
@@ -151,6 +155,17 @@ impl Conn {
 enum ReadOutcome {
     Open,
     Close,
+    /// Not SIP: give it to the [`Handoff`].
+    Handoff,
+}
+
+/// Takes accepted connections whose first bytes are `magic` instead of SIP,
+/// with the bytes already read. wisp resumes a moved stream on a new TCP
+/// connection to the peer's SIP address, so after a move the one address a
+/// peer is sure to know (its Contact) also reaches the stream.
+pub struct Handoff {
+    pub magic: &'static [u8],
+    pub take: Box<dyn FnMut(TcpStream, SocketAddr, Vec<u8>) + Send>,
 }
 
 /// Serves one [`SansIo`] core on a UDP socket and a TCP listener bound to
@@ -166,6 +181,7 @@ pub struct Driver {
     /// moment instead of spinning on its readiness.
     listen_paused_until: Option<Instant>,
     buf: Vec<u8>,
+    handoff: Option<Handoff>,
 }
 
 /// Largest UDP payload, and the size of one TCP read.
@@ -196,6 +212,7 @@ impl Driver {
             config,
             listen_paused_until: None,
             buf: vec![0; RECV_BUF],
+            handoff: None,
         })
     }
 
@@ -209,6 +226,11 @@ impl Driver {
         Waker {
             fd: self.wake.clone(),
         }
+    }
+
+    /// Accepted connections that start with `handoff.magic` go to it.
+    pub fn set_handoff(&mut self, handoff: Handoff) {
+        self.handoff = Some(handoff);
     }
 
     /// Open TCP connections (for tests and status).
@@ -265,8 +287,18 @@ impl Driver {
             self.accept(now);
         }
         for (pfd, addr) in fds[3..].iter().zip(addrs) {
-            if pfd.revents != 0 && self.service(core, addr, pfd.revents, now).is_err() {
-                self.conns.remove(&addr);
+            match self.service(core, addr, pfd.revents, now) {
+                _ if pfd.revents == 0 => {}
+                Ok(()) => {}
+                Err(ReadOutcome::Handoff) => {
+                    if let (Some(conn), Some(h)) = (self.conns.remove(&addr), self.handoff.as_mut())
+                    {
+                        (h.take)(conn.stream, addr, conn.raw);
+                    }
+                }
+                Err(_) => {
+                    self.conns.remove(&addr);
+                }
             }
         }
 
@@ -363,7 +395,9 @@ impl Driver {
                     {
                         continue;
                     }
-                    self.conns.insert(from, Conn::new(stream, false, now));
+                    let mut conn = Conn::new(stream, false, now);
+                    conn.sniffing = self.handoff.is_some();
+                    self.conns.insert(from, conn);
                 }
                 Err(e) => match e.kind() {
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
@@ -387,8 +421,12 @@ impl Driver {
         addr: SocketAddr,
         revents: libc::c_short,
         now: Instant,
-    ) -> Result<(), ()> {
-        let conn = self.conns.get_mut(&addr).ok_or(())?;
+    ) -> Result<(), ReadOutcome> {
+        if revents == 0 {
+            return Ok(());
+        }
+        let magic = self.handoff.as_ref().map(|h| h.magic).unwrap_or(b"");
+        let conn = self.conns.get_mut(&addr).ok_or(ReadOutcome::Close)?;
         if conn.connecting {
             if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
                 return Ok(());
@@ -398,20 +436,21 @@ impl Driver {
                     conn.connecting = false;
                     conn.last_active = now;
                 }
-                _ => return Err(()),
+                _ => return Err(ReadOutcome::Close),
             }
         }
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            if let ReadOutcome::Close = read_conn(conn, &mut self.buf, core, addr, now) {
-                return Err(());
+            match read_conn(conn, &mut self.buf, core, addr, now, magic) {
+                ReadOutcome::Open => {}
+                other => return Err(other),
             }
             // Pongs queue up too: a peer that pings without reading is cut
             // off like any other that lets its queue grow.
             if conn.out.len() > self.config.max_queued {
-                return Err(());
+                return Err(ReadOutcome::Close);
             }
         }
-        conn.write_some(now).map_err(drop)
+        conn.write_some(now).map_err(|_| ReadOutcome::Close)
     }
 }
 
@@ -422,6 +461,7 @@ fn read_conn(
     core: &mut impl SansIo,
     addr: SocketAddr,
     now: Instant,
+    magic: &[u8],
 ) -> ReadOutcome {
     let from = Peer {
         transport: Transport::Tcp,
@@ -436,8 +476,22 @@ fn read_conn(
             Err(_) => return ReadOutcome::Close,
         };
         conn.last_active = now;
-        conn.decoder.push(&buf[..n]);
-        conn.raw.extend_from_slice(&buf[..n]);
+        if conn.sniffing {
+            conn.raw.extend_from_slice(&buf[..n]);
+            let seen = conn.raw.len().min(magic.len());
+            if conn.raw[..seen] != magic[..seen] {
+                // SIP after all: the decoder gets everything so far.
+                conn.sniffing = false;
+                conn.decoder.push(&conn.raw);
+            } else if seen == magic.len() {
+                return ReadOutcome::Handoff;
+            } else {
+                continue;
+            }
+        } else {
+            conn.decoder.push(&buf[..n]);
+            conn.raw.extend_from_slice(&buf[..n]);
+        }
         while let Some(item) = conn.decoder.next() {
             // What the decoder let go of since the last item is this item,
             // after any stray line ends it skipped in front of a message.
