@@ -62,9 +62,9 @@ pub fn unique() -> u64 {
 // ---------------------------------------------------------------------------
 // Temp dirs
 
-/// A scratch directory `$TMPDIR/wisp-LABEL-PID-N`, removed on drop unless
-/// the thread is panicking (then it is kept, and its path printed, so that
-/// logs and captures can be looked at).
+/// A scratch directory `$TMPDIR/wisp-LABEL-PID-N`, removed on drop; kept
+/// (and its path printed) when the thread is panicking and
+/// `WISP_TEST_KEEP` is set, so that logs and captures can be looked at.
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
@@ -90,7 +90,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if thread::panicking() {
+        if thread::panicking() && std::env::var_os("WISP_TEST_KEEP").is_some() {
             eprintln!("keeping {} for inspection", self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
@@ -917,6 +917,388 @@ pub fn netsip_ua(name: &str, args: &[&str]) -> Proc {
     let mut cmd = Command::new("perl");
     cmd.arg(netsip_script()).args(args);
     Proc::spawn(name, cmd)
+}
+
+// ---------------------------------------------------------------------------
+// Checks shared by the peer sanity tests and the wisp acceptance tests, so
+// that the very same assertions are known to pass against Kamailio.
+
+/// The status code of a response (0 for a request or garbage).
+pub fn status_code(msg: &str) -> u16 {
+    msg.strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Receives one datagram (panics after `timeout`).
+pub fn recv_datagram(sock: &UdpSocket, timeout: Duration) -> String {
+    sock.set_read_timeout(Some(timeout)).expect("read timeout");
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = sock.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no datagram on {:?} within {timeout:?}: {e}",
+            sock.local_addr()
+        )
+    });
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// Receives datagrams until a final response (>= 200) arrives.
+pub fn recv_final_response(sock: &UdpSocket, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no final response within {timeout:?}");
+        let msg = recv_datagram(sock, left);
+        if status_code(&msg) >= 200 {
+            return msg;
+        }
+    }
+}
+
+/// Reads SIP messages from a stream until a final response arrives.
+pub fn read_final_response(stream: &mut impl Read) -> String {
+    loop {
+        let msg = read_sip_message(stream).expect("reading a response");
+        if status_code(&msg) >= 200 {
+            return msg;
+        }
+    }
+}
+
+/// Asserts that the proxy on `proxy_port` routes an OPTIONS for `aor`
+/// (sent over UDP) to `contact`, a UDP socket bound at the registered
+/// contact, and relays the contact's 200 back.
+pub fn assert_routes_to_udp_contact(proxy_port: u16, aor: &str, contact: &UdpSocket) {
+    let client = UdpSocket::bind((LOOPBACK, 0)).expect("client socket");
+    let req = SipRequest::new("OPTIONS", aor, client.local_addr().unwrap()).build();
+    client.send_to(req.as_bytes(), lo_addr(proxy_port)).unwrap();
+    let fwd = recv_datagram(contact, timeout());
+    let contact_port = contact.local_addr().unwrap().port();
+    let user = aor
+        .strip_prefix("sip:")
+        .and_then(|r| r.split('@').next())
+        .unwrap_or("");
+    assert!(
+        fwd.starts_with(&format!("OPTIONS sip:{user}@127.0.0.1:{contact_port}")),
+        "OPTIONS for {aor} was not retargeted to the contact:\n{fwd}"
+    );
+    contact
+        .send_to(
+            sip_response(&fwd, 200, "OK").as_bytes(),
+            lo_addr(proxy_port),
+        )
+        .unwrap();
+    let resp = recv_final_response(&client, timeout());
+    assert_eq!(
+        status_code(&resp),
+        200,
+        "response relayed for {aor}:\n{resp}"
+    );
+}
+
+/// Like [`assert_routes_to_udp_contact`] over TCP: the OPTIONS goes to the
+/// proxy on a TCP connection and must arrive on a connection the proxy
+/// opens to `contact` (the listener at the registered contact).
+pub fn assert_routes_to_tcp_contact(proxy_port: u16, aor: &str, contact: &TcpListener) {
+    let mut conn = std::net::TcpStream::connect(lo_addr(proxy_port)).expect("connect to proxy");
+    conn.set_read_timeout(Some(timeout())).unwrap();
+    let req = SipRequest::new("OPTIONS", aor, conn.local_addr().unwrap())
+        .transport("TCP")
+        .build();
+    std::io::Write::write_all(&mut conn, req.as_bytes()).unwrap();
+    let mut inbound = accept_within(contact, timeout());
+    let fwd = read_sip_message(&mut inbound).expect("forwarded request");
+    let contact_port = contact.local_addr().unwrap().port();
+    assert!(
+        fwd.starts_with("OPTIONS sip:") && fwd.contains(&format!("@127.0.0.1:{contact_port}")),
+        "OPTIONS for {aor} was not retargeted to the contact:\n{fwd}"
+    );
+    std::io::Write::write_all(&mut inbound, sip_response(&fwd, 200, "OK").as_bytes()).unwrap();
+    let resp = read_final_response(&mut conn);
+    assert_eq!(
+        status_code(&resp),
+        200,
+        "response relayed for {aor}:\n{resp}"
+    );
+}
+
+/// Asserts that an OPTIONS for an AOR nobody registered gets 404 (or 480,
+/// which a registrar may prefer for a known user without bindings).
+pub fn assert_unknown_user_rejected(proxy_port: u16, aor: &str) {
+    let client = UdpSocket::bind((LOOPBACK, 0)).expect("client socket");
+    let req = SipRequest::new("OPTIONS", aor, client.local_addr().unwrap()).build();
+    client.send_to(req.as_bytes(), lo_addr(proxy_port)).unwrap();
+    let resp = recv_final_response(&client, timeout());
+    assert!(
+        matches!(status_code(&resp), 404 | 480),
+        "OPTIONS for unregistered {aor}:\n{resp}"
+    );
+}
+
+/// The sipsak scenario against the registrar/proxy on `server_port`, over
+/// `transport` ("udp" or "tcp"):
+/// 1. `sipsak -U` REGISTERs `sip:USER@DOMAIN` with a contact on
+///    `contact_port` (exit code 0 = got a 200),
+/// 2. `sipsak` OPTIONS the server itself and gets a 200,
+/// 3. an OPTIONS to the AOR reaches the contact, and its 200 comes back.
+pub fn sipsak_scenario(
+    server_port: u16,
+    transport: &str,
+    user: &str,
+    domain: &str,
+    contact_port: u16,
+) {
+    let proxy = lo(server_port);
+    let tcp = transport == "tcp";
+    // sipsak writes -C verbatim into the Contact header: without <> a
+    // ;transport=tcp would be a header parameter, not part of the URI
+    let contact = if tcp {
+        format!("<sip:{user}@127.0.0.1:{contact_port};transport=tcp>")
+    } else {
+        format!("<sip:{user}@127.0.0.1:{contact_port}>")
+    };
+    let aor = format!("sip:{user}@{domain}");
+    // -p must precede -s, or sipsak tries to resolve DOMAIN
+    let out = sipsak(&[
+        "-U",
+        "-x",
+        "600",
+        "-C",
+        &contact,
+        "-E",
+        transport,
+        "-p",
+        &proxy,
+        "-s",
+        &aor,
+        "-H",
+        "127.0.0.1",
+        "-vv",
+    ]);
+    assert!(
+        out.success(),
+        "sipsak REGISTER over {transport}: {}",
+        out.text
+    );
+
+    let target = format!("sip:127.0.0.1:{server_port}");
+    let out = sipsak(&["-vv", "-E", transport, "-s", &target, "-H", "127.0.0.1"]);
+    assert!(
+        out.success(),
+        "sipsak OPTIONS over {transport}: {}",
+        out.text
+    );
+    assert!(out.text.contains("SIP/2.0 200"), "{}", out.text);
+
+    if tcp {
+        let listener = TcpListener::bind(lo_addr(contact_port)).expect("bind contact");
+        assert_routes_to_tcp_contact(server_port, &aor, &listener);
+    } else {
+        let sock = UdpSocket::bind(lo_addr(contact_port)).expect("bind contact");
+        assert_routes_to_udp_contact(server_port, &aor, &sock);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Abuse: garbage, half messages and a flood, for robustness tests
+
+/// A small deterministic generator for garbage.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Datagrams that are not SIP, or broken SIP: 200 random ones (a quarter
+/// behind a plausible request line), then hand-made breakages of a good
+/// REGISTER (lengths, CSeq, Via, URIs, folding, bare LF, NUL, bad UTF-8,
+/// a 30 kB header, 500 Vias) and a 60 kB datagram.
+pub fn garbage_datagrams(local: SocketAddr) -> Vec<Vec<u8>> {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut out: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            let n = 1 + (rng.next_u64() % 1400) as usize;
+            let mut b = rng.bytes(n);
+            if i % 4 == 0 {
+                let mut v = b"REGISTER sip:abcd.com SIP/2.0\r\nVia: ".to_vec();
+                v.append(&mut b);
+                b = v;
+            }
+            b
+        })
+        .collect();
+    let good = SipRequest::new("REGISTER", "sip:abcd.com", local)
+        .from("sip:x@abcd.com")
+        .to("sip:x@abcd.com")
+        .header(&format!("Contact: <sip:x@{local}>"))
+        .build();
+    let cl0 = "Content-Length: 0";
+    let variants: Vec<String> = vec![
+        String::new(),
+        "\r\n\r\n".into(),
+        "SIP/2.0 200 OK\r\n\r\n".into(),
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKstray\r\n\
+         CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            .into(),
+        "REGISTER sip:abcd.com SIP/2.0\r\n".into(),
+        "REGISTER sip:abcd.com SIP/3.0\r\n\r\n".into(),
+        "INVITE\r\n\r\n".into(),
+        " INVITE sip:x@abcd.com SIP/2.0\r\n\r\n".into(),
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nContent-Length: -1\r\n\r\n".into(),
+        good.replace(cl0, "Content-Length: 99999999"),
+        good.replace(cl0, "Content-Length: 18446744073709551617"),
+        good.replace(cl0, "Content-Length: 5"),
+        good.replace("CSeq: 1 REGISTER", "CSeq: REGISTER"),
+        good.replace("CSeq: 1 REGISTER", "CSeq: 1 INVITE"),
+        good.replace("CSeq: 1 REGISTER", "CSeq: 99999999999999999999 REGISTER"),
+        good.replace("Via: ", "Via: SIP/2.0/UDP\r\nX-Via: "),
+        good.replace("Via: SIP/2.0/UDP 127.0.0.1", "Via: SIP/2.0/UDP [::1"),
+        good.replace("From: <sip:x@abcd.com>", "From: <sip:x@abcd.com"),
+        good.replace(
+            "To: <sip:x@abcd.com>",
+            "To: \"unterminated <sip:x@abcd.com>",
+        ),
+        good.replace("Contact: <sip:x@", "Contact: <sips:x@[:::]:99999"),
+        good.replace("Contact: <", "Contact: *\r\nContact: <"),
+        good.replace("Max-Forwards: 70", "Max-Forwards: 0"),
+        good.replace("Max-Forwards: 70", "Max-Forwards: -5"),
+        good.replace("Call-ID: ", "Call-ID: \r\nX-Call-ID: "),
+        good.replace("\r\n", "\n"),
+        good.replace("\r\n\r\n", "\r\n"),
+        good.replacen(
+            "\r\n",
+            &format!("\r\nX-Long: {}\r\n", "a".repeat(30_000)),
+            1,
+        ),
+        good.replacen(
+            "\r\n",
+            &"\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmany".repeat(500),
+            1,
+        ),
+        good.replacen("\r\n", "\r\nX-Folded: a\r\n  b\r\n\tc\r\n", 1),
+    ];
+    out.extend(variants.into_iter().map(String::into_bytes));
+    let mut nul = good.clone().into_bytes();
+    nul[20] = 0;
+    out.push(nul);
+    let mut bad_utf8 = good.into_bytes();
+    bad_utf8.splice(30..30, [0xff, 0xfe, 0xc3, 0x28]);
+    out.push(bad_utf8);
+    out.push(vec![b'A'; 60_000]);
+    out
+}
+
+/// What [`abuse_server`] leaves behind: TCP connections held open (a
+/// half message, a message whose body never comes, an idle one), closed
+/// when this is dropped, and how many flood REGISTERs got a 2xx.
+pub struct Abuse {
+    pub held: Vec<std::net::TcpStream>,
+    pub flood_ok: usize,
+}
+
+/// Abuses the SIP server on 127.0.0.1:`port`:
+/// * the [`garbage_datagrams`] over UDP,
+/// * over TCP: half a message on a connection left open, a message whose
+///   Content-Length promises a body that never comes (left open), an idle
+///   connection, 8 kB of random bytes, and a 256 kB header line that never
+///   ends (both closed),
+/// * a flood of 2000 REGISTERs (distinct AORs floodN@abcd.com, contacts on
+///   the discard port) sent over UDP as fast as the socket takes them,
+///   answers drained until 3 s of silence.
+pub fn abuse_server(port: u16) -> Abuse {
+    use std::io::Write as _;
+    use std::net::TcpStream;
+    let server = lo_addr(port);
+
+    let sock = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    for d in garbage_datagrams(sock.local_addr().unwrap()) {
+        let _ = sock.send_to(&d, server);
+    }
+
+    let mut held = Vec::new();
+    let mut half = TcpStream::connect(server).unwrap();
+    half.write_all(
+        b"REGISTER sip:abcd.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKhalf\r\nContent-Le",
+    )
+    .unwrap();
+    held.push(half);
+    let mut lying = TcpStream::connect(server).unwrap();
+    let local = lying.local_addr().unwrap();
+    let msg = SipRequest::new("OPTIONS", &format!("sip:{server}"), local)
+        .transport("TCP")
+        .build()
+        .replace("Content-Length: 0", "Content-Length: 1000");
+    lying.write_all(msg.as_bytes()).unwrap();
+    held.push(lying);
+    held.push(TcpStream::connect(server).unwrap());
+    {
+        let mut junk = TcpStream::connect(server).unwrap();
+        let _ = junk.write_all(&XorShift(42).bytes(8192));
+    }
+    {
+        let mut endless = TcpStream::connect(server).unwrap();
+        endless
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // the server may cut us off: fine
+        let _ = endless.write_all(b"OPTIONS sip:abcd.com SIP/2.0\r\nX: ");
+        let _ = endless.write_all(&vec![b'a'; 256 * 1024]);
+    }
+
+    let flood = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let flood_local = flood.local_addr().unwrap();
+    let reader = flood.try_clone().unwrap();
+    let drain = thread::spawn(move || {
+        let mut ok = 0usize;
+        let mut buf = vec![0u8; 65536];
+        reader
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        while let Ok((n, _)) = reader.recv_from(&mut buf) {
+            if status_code(&String::from_utf8_lossy(&buf[..n])) / 100 == 2 {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    for i in 0..2000 {
+        let aor = format!("sip:flood{i}@abcd.com");
+        let msg = SipRequest::new("REGISTER", "sip:abcd.com", flood_local)
+            .from(&aor)
+            .to(&aor)
+            .header(&format!("Contact: <sip:flood{i}@127.0.0.1:9>"))
+            .header("Expires: 60")
+            .build();
+        let _ = flood.send_to(msg.as_bytes(), server);
+    }
+    let flood_ok = drain.join().unwrap();
+    Abuse { held, flood_ok }
+}
+
+/// After abuse: sipsak OPTIONS over UDP and TCP still get a 200, and a
+/// registration and routing to it still work.
+pub fn assert_still_serving(port: u16) {
+    for transport in ["udp", "tcp"] {
+        let target = format!("sip:127.0.0.1:{port}");
+        let out = sipsak(&["-vv", "-E", transport, "-s", &target, "-H", "127.0.0.1"]);
+        assert!(
+            out.success() && out.text.contains("SIP/2.0 200"),
+            "OPTIONS over {transport} after the abuse: {}",
+            out.text
+        );
+    }
+    sipsak_scenario(port, "udp", "after-abuse", "abcd.com", free_port());
 }
 
 // ---------------------------------------------------------------------------
