@@ -3,11 +3,11 @@
 //! preloaded and the wisp settings in their environment.
 
 use crate::lab::{Lab, Node};
+pub use crate::TempDir;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The release build the tests drive (scripts/test builds it first).
@@ -38,32 +38,6 @@ pub fn libwisp() -> PathBuf {
     p.canonicalize().unwrap()
 }
 
-/// A fresh directory for one test's files, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "wisp-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A background process whose stdout and stderr go to files; killed (and
 /// reaped) on drop, so a failing test leaves nothing running.
 pub struct Bg {
@@ -75,8 +49,8 @@ pub struct Bg {
 
 impl Bg {
     pub fn spawn(mut cmd: Command, dir: &TempDir, name: &str) -> Bg {
-        let out = dir.path(&format!("{name}.out"));
-        let err = dir.path(&format!("{name}.err"));
+        let out = dir.join(&format!("{name}.out"));
+        let err = dir.join(&format!("{name}.err"));
         cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap());
@@ -179,7 +153,7 @@ impl World {
     pub fn new(tag: &str, proxy: Proxy) -> World {
         let lab = Lab::up();
         let dir = TempDir::new(tag);
-        let hosts = dir.path("hosts");
+        let hosts = dir.join("hosts");
         std::fs::write(&hosts, HOSTS).unwrap();
         let addr = SocketAddr::new(lab.reg_ip.into(), 5060);
         let mut w = World {
@@ -239,7 +213,7 @@ impl World {
 
     /// Write `len` random bytes to a file and return its path and SHA-256.
     pub fn random_file(&self, name: &str, len: usize) -> (PathBuf, String) {
-        let p = self.dir.path(name);
+        let p = self.dir.join(name);
         let mut src = std::fs::File::open("/dev/urandom").unwrap();
         let mut f = std::fs::File::create(&p).unwrap();
         let mut left = len;
@@ -279,7 +253,7 @@ pub fn run(cmd: Command, timeout: Duration) -> (std::process::ExitStatus, String
 /// shim-tests/kamailio/, listening on `addr` (UDP and TCP) in `node`.
 pub fn kamailio(lab: &Lab, node: Node, addr: SocketAddr, dir: &TempDir) -> Bg {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("kamailio/kamailio.cfg");
-    let run = dir.path("kamailio-run");
+    let run = dir.join("kamailio-run");
     std::fs::create_dir_all(&run).unwrap();
     let mut cmd = lab.exec_cmd(node, ["kamailio"]);
     cmd.arg("-DD")

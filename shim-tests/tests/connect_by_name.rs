@@ -24,8 +24,8 @@ fn http_server(w: &World, dir: &std::path::Path) -> Bg {
 fn curl_by_name(proxy: Proxy, size: usize) {
     let w = World::new("curl", proxy);
     let (_, hash) = w.random_file("big.bin", size);
-    let _srv = http_server(&w, &w.dir.0);
-    let got = w.dir.path("got.bin");
+    let _srv = http_server(&w, w.dir.path());
+    let got = w.dir.join("got.bin");
     let mut cmd = w.wisp_cmd(Node::Corr, None, ["curl", "-sS", "--max-time", "120", "-o"]);
     cmd.arg(&got).arg("http://bob.wxyz:8080/big.bin");
     let (st, _, err) = run(cmd, Duration::from_secs(150));
@@ -85,9 +85,9 @@ fn socat_both_ways_by_name() {
     let w = World::new("socat", Proxy::Wisp);
     let (m_send, m_hash) = w.random_file("mobile-send.bin", 8 << 20);
     let (c_send, c_hash) = w.random_file("corr-send.bin", 8 << 20);
-    let m_recv = w.dir.path("mobile-recv.bin");
-    let c_recv = w.dir.path("corr-recv.bin");
-    let duplex = w.dir.path("duplex.py");
+    let m_recv = w.dir.join("mobile-recv.bin");
+    let c_recv = w.dir.join("corr-recv.bin");
+    let duplex = w.dir.join("duplex.py");
     std::fs::write(&duplex, DUPLEX).unwrap();
     let exec = |send: &std::path::Path, recv: &std::path::Path| {
         format!(
@@ -208,7 +208,7 @@ else:
 #[test]
 fn asyncio_client_and_server_by_name() {
     let w = World::new("asyncio", Proxy::Wisp);
-    let script = w.dir.path("echo.py");
+    let script = w.dir.join("echo.py");
     std::fs::write(&script, ASYNCIO).unwrap();
     let script = script.to_str().unwrap().to_string();
     let mut srv = Bg::spawn(
@@ -271,10 +271,10 @@ fn programs_without_names_see_no_difference() {
         Node::Mobile,
         ["python3", "-u", "-m", "http.server", "8081", "--directory"],
     );
-    cmd.arg(&w.dir.0);
+    cmd.arg(w.dir.path());
     let mut srv = Bg::spawn(cmd, &w.dir, "plain-server");
     srv.wait_for("Serving HTTP", Duration::from_secs(20));
-    let got = w.dir.path("plain-got.bin");
+    let got = w.dir.join("plain-got.bin");
     let url = format!("http://{}:8081/plain.bin", w.lab.mobile_ip);
     let mut cmd = w.wisp_cmd(Node::Corr, None, ["curl", "-sS", "-o"]);
     cmd.arg(&got).arg(&url);
@@ -371,8 +371,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
 fn fork_and_dup_keep_working() {
     let w = World::new("fork", Proxy::Wisp);
     let (_, hash) = w.random_file("small.bin", 300_000);
-    let _srv = http_server(&w, &w.dir.0);
-    let script = w.dir.path("forkdup.py");
+    let _srv = http_server(&w, w.dir.path());
+    let script = w.dir.join("forkdup.py");
     std::fs::write(&script, FORK_DUP).unwrap();
     let (st, out, err) = run(
         w.wisp_cmd(

@@ -8,7 +8,7 @@ use crate::cli::{self, usage, Arg, Args, Failure};
 use crate::signals;
 use bytes::Bytes;
 use sipcore::io::Driver;
-use sipcore::sdp::ChannelProto;
+use sipcore::sdp::{answer_setup, Channel, ChannelProto, ConnectionAttr, SessionDesc};
 use sipcore::session;
 use sipcore::transaction::{Timers, Transport};
 use sipcore::ua::{Ua, UaConfig, UaEvent};
@@ -220,9 +220,9 @@ pub fn main(args: Args) -> cli::Result<()> {
                 } => {
                     println!("incoming-call {from}");
                     if o.answer {
-                        match session::answer(&body, local.ip(), |p, _| p == ChannelProto::Tcp, 1) {
-                            Ok(acc) => ua.answer(&c, 200, Some(Bytes::from(acc.answer)), now),
-                            Err(r) => ua.answer(&c, r.code, None, now),
+                        match answer_any(&body, local) {
+                            Ok(answer) => ua.answer(&c, 200, Some(Bytes::from(answer)), now),
+                            Err(code) => ua.answer(&c, code, None, now),
                         }
                     } else {
                         ua.answer(&c, 486, None, now);
@@ -230,11 +230,9 @@ pub fn main(args: Args) -> cli::Result<()> {
                 }
                 UaEvent::IncomingReinvite { call: c, body } => {
                     println!("incoming-reinvite");
-                    let answer = session::answer(&body, local.ip(), |_, _| true, 1)
-                        .map(|a| Bytes::from(a.answer));
-                    match answer {
-                        Ok(a) => ua.answer(&c, 200, Some(a), now),
-                        Err(r) => ua.answer(&c, r.code, None, now),
+                    match answer_any(&body, local) {
+                        Ok(a) => ua.answer(&c, 200, Some(Bytes::from(a)), now),
+                        Err(code) => ua.answer(&c, code, None, now),
                     }
                 }
                 UaEvent::CallEnded { by_peer, .. } => {
@@ -257,7 +255,8 @@ pub fn main(args: Args) -> cli::Result<()> {
             if now >= *until {
                 if o.reinvite && !reinvited {
                     reinvited = true;
-                    let offer = session::offer(ChannelProto::Tcp, local, 9, 2);
+                    let offer =
+                        session::offer(ChannelProto::Tcp, SocketAddr::new(local.ip(), 9), 9, 2);
                     ua.reinvite(c, Bytes::from(offer), now);
                     step = Step::Reinviting;
                 } else {
@@ -301,7 +300,7 @@ fn begin_call(
 ) -> Option<String> {
     match &o.call {
         Some(target) => {
-            let offer = session::offer(ChannelProto::Tcp, local, 9, 1);
+            let offer = session::offer(ChannelProto::Tcp, SocketAddr::new(local.ip(), 9), 9, 1);
             let call = ua.invite(target, Bytes::from(offer), now);
             if call.is_none() {
                 println!("call 0");
@@ -316,6 +315,23 @@ fn begin_call(
             None
         }
     }
+}
+
+/// Answer any readable wisp channel offer, whether or not it names an
+/// application port (`a=wisp-port`): the agent is a plain SIP peer and the
+/// passive end it describes is its own SIP address. 488 for anything else.
+fn answer_any(offer: &[u8], local: SocketAddr) -> Result<Vec<u8>, u16> {
+    let desc = SessionDesc::parse(offer).map_err(|_| 488u16)?;
+    let ch = desc.channels.first().ok_or(488u16)?;
+    let mut mine = Channel::new(ch.proto, local, answer_setup(ch.setup), ConnectionAttr::New);
+    mine.wanted_port = ch.wanted_port;
+    Ok(SessionDesc {
+        session_id: 1,
+        version: 1,
+        origin_addr: local.ip(),
+        channels: vec![mine],
+    }
+    .to_bytes())
 }
 
 /// The source address the kernel picks towards `dest`.
