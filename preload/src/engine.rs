@@ -19,7 +19,8 @@ use std::sync::Arc;
 /// What the library knows of one stream. Shared between duplicates of the
 /// descriptor (dup, dup2, F_DUPFD): the dialog ends when the last goes.
 pub struct Stream {
-    pub call: Option<CallId>,
+    /// The dialog; taken when it is ended (once, by close or shutdown).
+    pub call: Mutex<Option<CallId>>,
     /// The counted, replayable data path.
     pub io: crate::stream::StreamIo,
     /// What getpeername() reports: the placeholder the program dialled.
@@ -27,6 +28,28 @@ pub struct Stream {
     /// The process that made the dialog; a forked child closing its copy
     /// of the descriptor must not hang up its parent's call.
     pub owner: u32,
+}
+
+impl Stream {
+    /// End the dialog with BYE, once.
+    pub fn hang_up(&self) {
+        let call = self.call.lock().take();
+        if let (Some(call), Ok(h)) = (call, sip::handle()) {
+            h.send(Command::Hangup { call });
+        }
+    }
+}
+
+/// shutdown(SHUT_RDWR) ends the stream both ways: the dialog ends with it.
+/// A half-close (SHUT_WR) is the stream's business, carried by TCP's FIN.
+pub fn after_shutdown(fd: c_int, how: c_int) {
+    if how == libc::SHUT_RDWR {
+        if let Some(s) = stream(fd) {
+            if s.owner == std::process::id() {
+                s.hang_up();
+            }
+        }
+    }
 }
 
 /// A listening socket of a process that answers for `WISP_NAME`.
@@ -227,7 +250,7 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         }
     };
     let stream = Arc::new(Stream {
-        call: Some(call),
+        call: Mutex::new(Some(call)),
         io,
         peer_seen: Some(placeholder),
         owner: std::process::id(),
@@ -304,7 +327,7 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
             return;
         };
         let stream = Arc::new(Stream {
-            call: Some(call),
+            call: Mutex::new(Some(call)),
             io,
             peer_seen: None,
             owner: std::process::id(),
@@ -344,9 +367,7 @@ pub fn release(fd: c_int) {
             if Arc::strong_count(&s) == 1 && s.owner == pid {
                 let (tx, rx) = s.io.counters();
                 info!("stream closed: {tx} bytes sent, {rx} received");
-                if let (Some(call), Ok(h)) = (s.call.clone(), sip::handle()) {
-                    h.send(Command::Hangup { call });
-                }
+                s.hang_up();
             }
         }
         Entry::Listener(l) => {

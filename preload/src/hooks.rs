@@ -148,6 +148,86 @@ pub unsafe extern "C" fn gethostbyname2_r(
     unsafe { f(name, af, ret, buf, buflen, result, h_errnop) }
 }
 
+/// gethostbyaddr for a placeholder gives its name back.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyaddr(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+) -> *mut hostent {
+    let ours = guard("gethostbyaddr", None, || unsafe {
+        placeholder_index(addr, len, af)
+    });
+    match ours {
+        Some(index) => static_hostent(index, af),
+        None => {
+            static REAL: real::Sym = real::Sym::new(b"gethostbyaddr\0");
+            type F = unsafe extern "C" fn(*const c_void, socklen_t, c_int) -> *mut hostent;
+            // SAFETY: glibc's gethostbyaddr has this signature.
+            let f: F = unsafe { std::mem::transmute(REAL.get()) };
+            unsafe { f(addr, len, af) }
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    if let Some(index) = guard("gethostbyaddr_r", None, || unsafe {
+        placeholder_index(addr, len, af)
+    }) {
+        let rc = unsafe { resolve::fill_hostent(index, af, ret, buf, buflen) };
+        unsafe {
+            *result = if rc == 0 { ret } else { std::ptr::null_mut() };
+            if !h_errnop.is_null() {
+                *h_errnop = if rc == 0 {
+                    0
+                } else {
+                    -1 /* NETDB_INTERNAL */
+                };
+            }
+        }
+        return rc;
+    }
+    static REAL: real::Sym = real::Sym::new(b"gethostbyaddr_r\0");
+    type F = unsafe extern "C" fn(
+        *const c_void,
+        socklen_t,
+        c_int,
+        *mut hostent,
+        *mut c_char,
+        libc::size_t,
+        *mut *mut hostent,
+        *mut c_int,
+    ) -> c_int;
+    // SAFETY: glibc's gethostbyaddr_r has this signature.
+    let f: F = unsafe { std::mem::transmute(REAL.get()) };
+    unsafe { f(addr, len, af, ret, buf, buflen, result, h_errnop) }
+}
+
+/// The map entry of a raw in_addr/in6_addr, if it is a placeholder.
+unsafe fn placeholder_index(addr: *const c_void, len: socklen_t, af: c_int) -> Option<usize> {
+    if addr.is_null() {
+        return None;
+    }
+    let ip: std::net::IpAddr = match (af, len) {
+        (libc::AF_INET, 4) => std::net::Ipv4Addr::from(unsafe { *(addr as *const [u8; 4]) }).into(),
+        (libc::AF_INET6, 16) => {
+            std::net::Ipv6Addr::from(unsafe { *(addr as *const [u8; 16]) }).into()
+        }
+        _ => return None,
+    };
+    resolve::entry_of_ip(ip)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn getnameinfo(
     addr: *const sockaddr,
@@ -160,8 +240,7 @@ pub unsafe extern "C" fn getnameinfo(
 ) -> c_int {
     let ours = guard("getnameinfo", None, || {
         let (ip, port) = unsafe { resolve::sockaddr_ip(addr, len) }?;
-        let index = resolve::entry_of_ip(ip)?;
-        Some((index, port))
+        Some((resolve::entry_of_ip(ip)?, port))
     });
     if let Some((index, port)) = ours {
         if flags & libc::NI_NUMERICHOST == 0 && !host.is_null() && hostlen > 0 {
@@ -173,11 +252,11 @@ pub unsafe extern "C" fn getnameinfo(
             if !unsafe { resolve::copy_cstr(&name, host, hostlen) } {
                 return libc::EAI_OVERFLOW;
             }
-            if !serv.is_null()
-                && servlen > 0
-                && !unsafe { resolve::copy_cstr(&port.to_string(), serv, servlen) }
-            {
-                return libc::EAI_OVERFLOW;
+            if !serv.is_null() && servlen > 0 {
+                let service = resolve::service_name(port, flags);
+                if !unsafe { resolve::copy_cstr(&service, serv, servlen) } {
+                    return libc::EAI_OVERFLOW;
+                }
             }
             return 0;
         }
@@ -244,6 +323,15 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         }
     }
     unsafe { real::getpeername(fd, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    let rc = unsafe { real::shutdown(fd, how) };
+    if rc == 0 && fdtable::kind(fd) == fdtable::Kind::Stream {
+        guard("shutdown", (), || engine::after_shutdown(fd, how));
+    }
+    rc
 }
 
 #[no_mangle]

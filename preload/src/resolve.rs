@@ -61,6 +61,14 @@ fn port_of(service: *const c_char, proto: c_int) -> Result<u16, c_int> {
 }
 
 extern "C" {
+    fn getservbyport_r(
+        port: c_int,
+        proto: *const c_char,
+        ret: *mut libc::servent,
+        buf: *mut c_char,
+        buflen: libc::size_t,
+        result: *mut *mut libc::servent,
+    ) -> c_int;
     fn getservbyname_r(
         name: *const c_char,
         proto: *const c_char,
@@ -317,4 +325,38 @@ pub unsafe fn copy_cstr(s: &str, buf: *mut c_char, len: socklen_t) -> bool {
         *buf.add(s.len()) = 0;
     }
     true
+}
+
+/// The service part getnameinfo() gives for `port`: its name from the
+/// services database unless NI_NUMERICSERV (or it has none).
+pub fn service_name(port: u16, flags: c_int) -> String {
+    if flags & libc::NI_NUMERICSERV == 0 {
+        let proto: &[u8] = if flags & libc::NI_DGRAM != 0 {
+            b"udp\0"
+        } else {
+            b"tcp\0"
+        };
+        // SAFETY: an all-zero servent is a valid out-parameter.
+        let mut ent: libc::servent = unsafe { std::mem::zeroed() };
+        let mut buf = [0 as c_char; 1024];
+        let mut out: *mut libc::servent = ptr::null_mut();
+        // SAFETY: all buffers are valid for the call.
+        let rc = unsafe {
+            getservbyport_r(
+                c_int::from(port.to_be()),
+                proto.as_ptr().cast(),
+                &mut ent,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if rc == 0 && !out.is_null() && !ent.s_name.is_null() {
+            // SAFETY: s_name points into buf, NUL-terminated.
+            if let Ok(name) = unsafe { CStr::from_ptr(ent.s_name) }.to_str() {
+                return name.to_string();
+            }
+        }
+    }
+    port.to_string()
 }
