@@ -23,6 +23,8 @@ pub struct Stream {
     pub call: Mutex<Option<CallId>>,
     /// The counted, replayable data path.
     pub io: crate::stream::StreamIo,
+    /// Key, id and peer addresses, when both ends can move the stream.
+    pub mobility: Option<crate::mover::Mobility>,
     /// What getpeername() reports: the placeholder the program dialled.
     pub peer_seen: Option<SocketAddr>,
     /// The process that made the dialog; a forked child closing its copy
@@ -69,7 +71,134 @@ enum Entry {
 static TABLE: Mutex<Option<HashMap<c_int, Entry>>> = Mutex::new(None);
 /// Callers we answered but whose connection has not been accepted yet, by
 /// the address their connection will come from.
-static EXPECTED: Mutex<Option<HashMap<SocketAddr, CallId>>> = Mutex::new(None);
+static EXPECTED: Mutex<Option<HashMap<SocketAddr, Expected>>> = Mutex::new(None);
+
+/// A caller the SIP thread answered, waiting for its connection.
+pub struct Expected {
+    pub call: CallId,
+    pub mobility: Option<Keys>,
+    pub peer_sip: Option<SocketAddr>,
+}
+
+/// The stream key and id agreed in the offer/answer.
+pub struct Keys {
+    pub key: sipcore::keys::StreamKey,
+    pub id: sipcore::ids::StreamId,
+}
+
+/// Movable streams of this process, by weak reference: the table of
+/// descriptors owns them.
+static MOBILE: Mutex<Vec<std::sync::Weak<Stream>>> = Mutex::new(Vec::new());
+
+fn register_mobile(s: &Arc<Stream>) {
+    if s.mobility.is_some() {
+        let mut m = MOBILE.lock();
+        m.retain(|w| w.strong_count() > 0);
+        m.push(Arc::downgrade(s));
+    }
+}
+
+/// Every movable stream that is still open.
+pub fn mobile_streams() -> Vec<Arc<Stream>> {
+    MOBILE.lock().iter().filter_map(|w| w.upgrade()).collect()
+}
+
+/// The stream a resume Init names.
+pub fn stream_by_id(id: &sipcore::ids::StreamId) -> Option<Arc<Stream>> {
+    mobile_streams()
+        .into_iter()
+        .find(|s| s.mobility.as_ref().is_some_and(|m| m.id == *id))
+}
+
+/// The stream of a dialog.
+pub fn stream_by_call(call: &str) -> Option<Arc<Stream>> {
+    mobile_streams()
+        .into_iter()
+        .find(|s| s.mobility.as_ref().is_some_and(|m| m.call_id == call))
+}
+
+/// Every descriptor of the program that refers to `stream`.
+pub fn fds_of(stream: &Stream) -> Vec<c_int> {
+    with_table(|t| {
+        let mut fds: Vec<c_int> = t
+            .iter()
+            .filter_map(|(fd, e)| match e {
+                Entry::Stream(s) if std::ptr::eq(Arc::as_ptr(s), stream) => Some(*fd),
+                _ => None,
+            })
+            .collect();
+        fds.sort_unstable();
+        fds
+    })
+}
+
+/// epoll registrations of stream descriptors, to put back after a swap:
+/// epoll keys its entries by open file description, so after dup3 the
+/// program's epoll set no longer sees the descriptor.
+static EPOLL: Mutex<Vec<(c_int, c_int, libc::epoll_event)>> = Mutex::new(Vec::new());
+
+/// epoll_ctl succeeded on a stream descriptor: remember it.
+pub fn track_epoll(ep: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event>) {
+    let mut t = EPOLL.lock();
+    t.retain(|(e, f, _)| !(*e == ep && *f == fd));
+    if op != libc::EPOLL_CTL_DEL {
+        if let Some(ev) = ev {
+            t.push((ep, fd, ev));
+        }
+    }
+}
+
+/// Put the new socket `new` under every descriptor of `stream`, keeping
+/// each descriptor's O_NONBLOCK, close-on-exec, TCP_NODELAY and epoll
+/// registrations, then close `new` (the descriptors hold it now).
+pub fn swap(stream: &Stream, new: c_int) {
+    for fd in fds_of(stream) {
+        // SAFETY: fcntl/getsockopt/setsockopt on descriptors we hold.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl >= 0 {
+                let nfl = libc::fcntl(new, libc::F_GETFL);
+                libc::fcntl(
+                    new,
+                    libc::F_SETFL,
+                    (nfl & !libc::O_NONBLOCK) | (fl & libc::O_NONBLOCK),
+                );
+            }
+            let mut v: c_int = 0;
+            let mut len = std::mem::size_of::<c_int>() as socklen_t;
+            if libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut v as *mut c_int as *mut _,
+                &mut len,
+            ) == 0
+            {
+                libc::setsockopt(
+                    new,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    &v as *const c_int as *const _,
+                    len,
+                );
+            }
+            let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+            real::dup3(new, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
+        }
+        let regs: Vec<_> = EPOLL
+            .lock()
+            .iter()
+            .filter(|(_, f, _)| *f == fd)
+            .copied()
+            .collect();
+        for (ep, f, mut ev) in regs {
+            // SAFETY: the program's epoll instance and event.
+            unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, f, &mut ev) };
+        }
+    }
+    // SAFETY: our temporary descriptor.
+    unsafe { real::close(new) };
+}
 
 fn with_table<T>(f: impl FnOnce(&mut HashMap<c_int, Entry>) -> T) -> T {
     f(TABLE.lock().get_or_insert_with(HashMap::new))
@@ -226,21 +355,22 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         wanted_port: placeholder.port(),
         reply: reply_tx,
     });
-    let (call, remote) = match reply_rx.recv_timeout(shared.config.connect_timeout) {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            set_errno(e);
-            return -1;
-        }
-        Err(_) => {
-            warn!(
-                "connect to {uri}: no SIP answer within {:?} (WISP_CONNECT_TIMEOUT)",
-                shared.config.connect_timeout
-            );
-            set_errno(libc::ETIMEDOUT);
-            return -1;
-        }
-    };
+    let (call, remote, mobility, peer_sip) =
+        match reply_rx.recv_timeout(shared.config.connect_timeout) {
+            Ok(Ok(r)) => (r.call, r.addr, r.mobility, r.peer_sip),
+            Ok(Err(e)) => {
+                set_errno(e);
+                return -1;
+            }
+            Err(_) => {
+                warn!(
+                    "connect to {uri}: no SIP answer within {:?} (WISP_CONNECT_TIMEOUT)",
+                    shared.config.connect_timeout
+                );
+                set_errno(libc::ETIMEDOUT);
+                return -1;
+            }
+        };
     let io = match crate::stream::StreamIo::new() {
         Ok(io) => io,
         Err(e) => {
@@ -249,12 +379,19 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
             return -1;
         }
     };
+    let mobility = mobility
+        .map(|m| crate::mover::Mobility::new(m.key, m.id, call.clone(), remote, local.ip()));
+    if let Some(m) = &mobility {
+        *m.peer_sip.lock() = peer_sip;
+    }
     let stream = Arc::new(Stream {
         call: Mutex::new(Some(call)),
         io,
+        mobility,
         peer_seen: Some(placeholder),
         owner: std::process::id(),
     });
+    register_mobile(&stream);
     with_table(|t| t.insert(fd, Entry::Stream(stream)));
     fdtable::set(fd, Kind::Stream);
     let (ss, len) = to_sockaddr(remote, fam);
@@ -319,39 +456,54 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
     let Some(peer) = sock_name(fd, true) else {
         return;
     };
-    let call = EXPECTED.lock().as_mut().and_then(|m| m.remove(&peer));
-    if let Some(call) = call {
+    let expected = EXPECTED.lock().as_mut().and_then(|m| m.remove(&peer));
+    if let Some(Expected {
+        call,
+        mobility,
+        peer_sip,
+    }) = expected
+    {
         debug!("accepted {peer} on fd {fd}: call {call}");
         let Ok(io) = crate::stream::StreamIo::new() else {
             warn!("accepted {peer}: no eventfd; the stream is not tracked");
             return;
         };
+        let local = sock_name(fd, false)
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let mobility =
+            mobility.map(|m| crate::mover::Mobility::new(m.key, m.id, call.clone(), peer, local));
+        if let Some(m) = &mobility {
+            *m.peer_sip.lock() = peer_sip;
+        }
         let stream = Arc::new(Stream {
             call: Mutex::new(Some(call)),
             io,
+            mobility,
             peer_seen: None,
             owner: std::process::id(),
         });
+        register_mobile(&stream);
         with_table(|t| t.insert(fd, Entry::Stream(stream)));
         fdtable::set(fd, Kind::Stream);
     }
 }
 
 /// The SIP thread answered a caller who will connect from `caller`.
-pub fn expect_caller(caller: SocketAddr, call: CallId) {
+pub fn expect_caller(caller: SocketAddr, expected: Expected) {
     let mut g = EXPECTED.lock();
     let m = g.get_or_insert_with(HashMap::new);
     // Bounded: callers that never connect must not pile up.
     if m.len() > 4096 {
         m.clear();
     }
-    m.insert(canonical(caller), call);
+    m.insert(canonical(caller), expected);
 }
 
 /// The dialog ended (BYE from the peer): nothing to hang up any more.
 pub fn forget_call(call: &CallId) {
     if let Some(m) = EXPECTED.lock().as_mut() {
-        m.retain(|_, c| c != call);
+        m.retain(|_, e| e.call != *call);
     }
 }
 
@@ -359,6 +511,9 @@ pub fn forget_call(call: &CallId) {
 pub fn release(fd: c_int) {
     let entry = with_table(|t| t.remove(&fd));
     fdtable::clear(fd);
+    if entry.is_some() {
+        EPOLL.lock().retain(|(_, f, _)| *f != fd);
+    }
     let Some(entry) = entry else { return };
     let pid = std::process::id();
     match entry {

@@ -657,7 +657,6 @@ passthrough! {
     ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int;
     select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *mut timeval) -> c_int;
     pselect(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *const timespec, mask: *const sigset_t) -> c_int;
-    epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int;
     epoll_wait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int;
     epoll_pwait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int;
 }
@@ -685,6 +684,22 @@ pub unsafe extern "C" fn sendto(
         return send_io("sendto", &s, fd, &[one(buf, n)], None, flags);
     }
     unsafe { real::sendto(fd, buf, n, flags, addr, len) }
+}
+
+/// epoll keys its entries by open file description: remember the program's
+/// registrations of streams so a move can put them back on the new socket.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+    let rc = unsafe { real::epoll_ctl(ep, op, fd, ev) };
+    if rc == 0 && fdtable::kind(fd) == fdtable::Kind::Stream {
+        let event = if ev.is_null() {
+            None
+        } else {
+            Some(unsafe { *ev })
+        };
+        guard("epoll_ctl", (), || engine::track_epoll(ep, op, fd, event));
+    }
+    rc
 }
 
 // Fortified (_FORTIFY_SOURCE) entry points: the same calls with a buffer

@@ -6,6 +6,7 @@ pub mod log;
 pub mod config;
 pub mod engine;
 pub mod fdtable;
+pub mod mover;
 pub mod names;
 pub mod netwatch;
 pub mod real;

@@ -9,8 +9,12 @@
 use crate::config::Config;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
+use sipcore::ids::StreamId;
 use sipcore::io::{Driver, Waker};
+use sipcore::keys::{self, KeySecret, KeyShare};
+use sipcore::mobility::{self, Move};
 use sipcore::sdp::ChannelProto;
+use sipcore::sdp::Setup;
 use sipcore::session;
 use sipcore::transaction::Transport;
 use sipcore::ua::{CallId, Ua, UaConfig, UaEvent};
@@ -18,9 +22,26 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-/// The outcome of a connect by name: the call and the peer's real address,
-/// or the errno the program should see.
-pub type ConnectResult = Result<(CallId, SocketAddr), i32>;
+/// A connect by name that worked: the call, the peer's data address, the
+/// stream's keys (when the peer can move streams) and the peer's SIP
+/// address (where a moved stream resumes).
+pub struct Connected {
+    pub call: CallId,
+    pub addr: SocketAddr,
+    pub mobility: Option<crate::engine::Keys>,
+    pub peer_sip: Option<SocketAddr>,
+}
+
+/// The outcome of a connect by name, or the errno the program should see.
+pub type ConnectResult = Result<Connected, i32>;
+
+/// What the caller keeps of its offer until the answer comes.
+struct Offered {
+    uri: String,
+    reply: Sender<ConnectResult>,
+    secret: Option<KeySecret>,
+    mobility: Option<session::Mobility>,
+}
 
 pub enum Command {
     Connect {
@@ -42,6 +63,8 @@ pub enum Command {
     Hangup {
         call: CallId,
     },
+    /// The host's addresses or routes changed (from the netlink watcher).
+    NetChanged,
 }
 
 pub struct Handle {
@@ -115,7 +138,13 @@ fn start(config: &Config) -> Result<Handle, String> {
     let ua =
         Ua::new(ua_config).ok_or_else(|| format!("WISP_NAME {aor} is not a usable SIP URI"))?;
     let (tx, rx) = crossbeam_channel::unbounded();
+    let mut driver = driver;
+    driver.set_handoff(sipcore::io::Handoff {
+        magic: b"WISP",
+        take: Box::new(crate::mover::accept_resume),
+    });
     let waker = driver.waker();
+    start_watcher(tx.clone(), waker.clone());
     let thread = SipThread {
         driver,
         ua,
@@ -125,6 +154,8 @@ fn start(config: &Config) -> Result<Handle, String> {
         connects: HashMap::new(),
         registered_waiters: Vec::new(),
         registered: false,
+        move_timeout: config.move_timeout,
+        proxy: config.proxy,
     };
     std::thread::Builder::new()
         .name("wisp-sip".into())
@@ -145,9 +176,11 @@ struct SipThread {
     rx: Receiver<Command>,
     local_ip: IpAddr,
     listening: HashSet<(ChannelProto, u16)>,
-    connects: HashMap<CallId, (String, Sender<ConnectResult>)>,
+    connects: HashMap<CallId, Offered>,
     registered_waiters: Vec<Sender<bool>>,
     registered: bool,
+    move_timeout: Duration,
+    proxy: Option<SocketAddr>,
 }
 
 impl SipThread {
@@ -177,11 +210,40 @@ impl SipThread {
                 wanted_port,
                 reply,
             } => {
-                let body = session::offer(proto, local, wanted_port, session_id());
+                // A key share and a stream id make the stream movable; if
+                // getrandom fails the stream simply cannot move.
+                let (secret, mobility) = match KeyShare::generate() {
+                    Ok((secret, public)) => (
+                        Some(secret),
+                        Some(session::Mobility {
+                            key_share: public,
+                            stream: StreamId::random(),
+                        }),
+                    ),
+                    Err(e) => {
+                        warn!("no key share for the stream ({e}); it will not survive a move");
+                        (None, None)
+                    }
+                };
+                let body = session::offer_mobile(
+                    proto,
+                    local,
+                    wanted_port,
+                    session_id(),
+                    mobility.as_ref(),
+                );
                 match self.ua.invite(&uri, body.into(), now) {
                     Some(call) => {
                         debug!("INVITE {uri} port {wanted_port} from {local}: call {call}");
-                        self.connects.insert(call, (uri, reply));
+                        self.connects.insert(
+                            call,
+                            Offered {
+                                uri,
+                                reply,
+                                secret,
+                                mobility,
+                            },
+                        );
                     }
                     None => {
                         warn!("connect to {uri}: not a routable SIP URI (set WISP_PROXY?)");
@@ -212,6 +274,7 @@ impl SipThread {
                 self.connects.remove(&call);
                 self.ua.hangup(&call, now);
             }
+            Command::NetChanged => self.net_changed(now),
         }
     }
 
@@ -244,19 +307,52 @@ impl SipThread {
                 call, from, body, ..
             } => {
                 let listening = &self.listening;
-                match session::answer(
+                let share = KeyShare::generate().ok();
+                let answered = session::answer_mobile(
                     &body,
                     self.local_ip,
                     |p, port| listening.contains(&(p, port)),
                     session_id(),
-                ) {
+                    share.as_ref().map(|(_, public)| public),
+                    |id| crate::engine::stream_by_id(id).is_some(),
+                );
+                match answered {
                     Ok(acc) => {
                         info!(
                             "stream from {from} to port {} accepted (call {call})",
                             acc.port
                         );
-                        crate::engine::expect_caller(acc.caller, call.clone());
+                        let mobility = match (share, acc.offered) {
+                            (Some((secret, ours)), Some(theirs)) => {
+                                match keys::derive(
+                                    secret,
+                                    &theirs.key_share,
+                                    &call,
+                                    &theirs.key_share,
+                                    &ours,
+                                ) {
+                                    Ok(key) => Some(crate::engine::Keys {
+                                        key,
+                                        id: theirs.stream,
+                                    }),
+                                    Err(e) => {
+                                        warn!("stream from {from}: no stream key ({e}); it will not move");
+                                        None
+                                    }
+                                }
+                            }
+                            _ => None,
+                        };
                         self.ua.answer(&call, 200, Some(acc.answer.into()), now);
+                        let peer_sip = self.peer_sip(&call);
+                        crate::engine::expect_caller(
+                            acc.caller,
+                            crate::engine::Expected {
+                                call: call.clone(),
+                                mobility,
+                                peer_sip,
+                            },
+                        );
                     }
                     Err(r) => {
                         warn!("refused stream from {from}: {}", r.reason);
@@ -265,44 +361,220 @@ impl SipThread {
                 }
             }
             UaEvent::CallAnswered { call, body } => {
-                let Some((uri, reply)) = self.connects.remove(&call) else {
+                let Some(offered) = self.connects.remove(&call) else {
                     // The program gave up waiting: end the call it no longer wants.
                     self.ua.hangup(&call, now);
                     return;
                 };
-                match session::answered_addr(&body) {
-                    Ok(addr) => {
-                        debug!("{uri} answered: data at {addr}");
-                        let _ = reply.send(Ok((call, addr)));
+                match session::answered_mobile(&body, offered.mobility.as_ref()) {
+                    Ok(ans) => {
+                        debug!("{} answered: data at {}", offered.uri, ans.addr);
+                        let mobility = match (offered.secret, offered.mobility, ans.peer_share) {
+                            (Some(secret), Some(ours), Some(theirs)) => {
+                                match keys::derive(secret, &theirs, &call, &ours.key_share, &theirs)
+                                {
+                                    Ok(key) => Some(crate::engine::Keys {
+                                        key,
+                                        id: ours.stream,
+                                    }),
+                                    Err(e) => {
+                                        warn!(
+                                            "{}: no stream key ({e}); the stream will not move",
+                                            offered.uri
+                                        );
+                                        None
+                                    }
+                                }
+                            }
+                            _ => None,
+                        };
+                        let peer_sip = self.peer_sip(&call);
+                        let _ = offered.reply.send(Ok(Connected {
+                            call,
+                            addr: ans.addr,
+                            mobility,
+                            peer_sip,
+                        }));
                     }
                     Err(e) => {
-                        warn!("connect to {uri}: {e}");
+                        warn!("connect to {}: {e}", offered.uri);
                         self.ua.hangup(&call, now);
-                        let _ = reply.send(Err(session::libc_errno::EHOSTUNREACH));
+                        let _ = offered.reply.send(Err(session::libc_errno::EHOSTUNREACH));
                     }
                 }
             }
             UaEvent::CallFailed { call, code } => {
-                if let Some((uri, reply)) = self.connects.remove(&call) {
+                if let Some(offered) = self.connects.remove(&call) {
                     let errno = session::errno_for_status(code);
-                    warn!("connect to {uri} failed: {}", describe(code));
-                    let _ = reply.send(Err(errno));
+                    warn!("connect to {} failed: {}", offered.uri, describe(code));
+                    let _ = offered.reply.send(Err(errno));
                 }
             }
-            UaEvent::IncomingReinvite { call, .. } => {
-                // Moves arrive with the mobility engine; until then keep the
-                // session as it is.
-                self.ua.answer(&call, 488, None, now);
+            UaEvent::IncomingReinvite { call, body } => self.peer_moved(&call, &body, now),
+            UaEvent::ReinviteDone { call, code, .. } => {
+                if !(200..300).contains(&code) {
+                    warn!("call {call}: our move's re-INVITE got {code}");
+                }
             }
             UaEvent::CallEnded { call, .. } => {
                 self.connects.remove(&call);
                 crate::engine::forget_call(&call);
             }
-            UaEvent::CallConfirmed { .. }
-            | UaEvent::ReinviteDone { .. }
-            | UaEvent::Unregistered
-            | UaEvent::OptionsDone { .. } => {}
+            UaEvent::CallConfirmed { .. } | UaEvent::Unregistered | UaEvent::OptionsDone { .. } => {
+            }
         }
+    }
+}
+
+impl SipThread {
+    /// The peer's SIP address for a call (its Contact): where a moved
+    /// stream is resumed.
+    fn peer_sip(&self, call: &str) -> Option<SocketAddr> {
+        let d = self.ua.dialog(call)?;
+        sipcore::dialog::uri_peer(&d.remote_target, Transport::Tcp).map(|p| p.addr)
+    }
+
+    /// The host's addresses changed: follow with our SIP address (and
+    /// re-REGISTER), then move every stream whose address is gone or is no
+    /// longer the one the routes pick.
+    fn net_changed(&mut self, now: Instant) {
+        if let Some(proxy) = self.proxy {
+            if let Some(ip) = route_ip(proxy) {
+                if ip != self.local_ip {
+                    info!("SIP address {} -> {ip}", self.local_ip);
+                    self.local_ip = ip;
+                    let port = self.driver.local_addr().port();
+                    self.ua.set_local(SocketAddr::new(ip, port));
+                    if self.registered || !self.listening.is_empty() {
+                        self.ua.register(now);
+                    }
+                }
+            }
+        }
+        for stream in crate::engine::mobile_streams() {
+            let Some(mob) = stream.mobility.as_ref() else {
+                continue;
+            };
+            let old = *mob.local_ip.lock();
+            let peer = *mob.peer_data.lock();
+            let Some(new) = route_ip(peer) else { continue };
+            if new == old {
+                continue;
+            }
+            info!("stream {}: {old} -> {new}, moving", mob.id);
+            let deadline = Instant::now() + self.move_timeout;
+            let s = stream.clone();
+            let _ = std::thread::Builder::new()
+                .name("wisp-move".into())
+                .spawn(move || {
+                    crate::state::Inside::forever();
+                    crate::mover::initiate(s, new, deadline);
+                });
+            self.send_move(mob, new, now);
+        }
+    }
+
+    /// The re-INVITE that tells the peer (and the proxies) where we are
+    /// now: counter and MAC so nobody else can say it for us.
+    fn send_move(&mut self, mob: &crate::mover::Mobility, new: IpAddr, now: Instant) {
+        let counter = mob
+            .moves_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let m = Move {
+            stream: mob.id,
+            proto: ChannelProto::Tcp,
+            addr: SocketAddr::new(new, self.driver.local_addr().port()),
+            setup: Setup::Active,
+            counter,
+            rx: 0,
+        };
+        let body = mobility::move_offer(&m, &mob.key, &mob.call_id, session_id(), counter + 1);
+        if !self.ua.reinvite(&mob.call_id, body.into(), now) {
+            debug!(
+                "call {}: re-INVITE deferred (another offer in flight)",
+                mob.call_id
+            );
+        }
+    }
+
+    /// A re-INVITE from the peer: a move only if its MAC and counter check
+    /// out; anything else is refused and the stream goes on as it was.
+    fn peer_moved(&mut self, call: &str, body: &[u8], now: Instant) {
+        let Some(stream) = crate::engine::stream_by_call(call) else {
+            self.ua.answer(call, 488, None, now);
+            return;
+        };
+        let Some(mob) = stream.mobility.as_ref() else {
+            self.ua.answer(call, 488, None, now);
+            return;
+        };
+        let checked =
+            mobility::check_move(body, call, &mob.key, &mut mob.moves_seen.lock(), &mob.id);
+        match checked {
+            Ok(m) => {
+                info!(
+                    "stream {}: peer moved to {} (move {})",
+                    mob.id, m.addr, m.counter
+                );
+                *mob.peer_sip.lock() = Some(m.addr);
+                let ours = Move {
+                    setup: Setup::Passive,
+                    addr: SocketAddr::new(self.local_ip, self.driver.local_addr().port()),
+                    ..m
+                };
+                let answer = mobility::move_answer(&ours, session_id(), m.counter + 1);
+                self.ua.answer(call, 200, Some(answer.into()), now);
+            }
+            Err(e) => {
+                warn!("refused a re-INVITE for stream {}: {e}", mob.id);
+                self.ua.answer(call, e.status(), None, now);
+            }
+        }
+    }
+}
+
+/// Watch the host's addresses and routes on a thread of its own and tell
+/// the SIP thread (coalesced, so a flapping link is one change).
+fn start_watcher(tx: Sender<Command>, waker: Waker) {
+    let spawned = std::thread::Builder::new()
+        .name("wisp-netwatch".into())
+        .spawn(move || {
+            crate::state::Inside::forever();
+            let mut w = match crate::netwatch::Watcher::open() {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!("cannot watch the host's addresses ({e}); streams will not follow moves");
+                    return;
+                }
+            };
+            loop {
+                let now = Instant::now();
+                let timeout = w
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(now).as_millis().min(1000) as i32)
+                    .unwrap_or(1000);
+                let mut p = libc::pollfd {
+                    fd: w.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { crate::real::poll(&mut p, 1, timeout) };
+                let now = Instant::now();
+                if p.revents != 0 {
+                    let _ = w.on_readable(now);
+                }
+                if w.handle_timeout(now).is_some() {
+                    if tx.send(Command::NetChanged).is_err() {
+                        return;
+                    }
+                    waker.wake();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the address watcher: {e}");
     }
 }
 

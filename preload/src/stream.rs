@@ -478,3 +478,80 @@ pub fn one(buf: *const c_void, len: usize) -> iovec {
         iov_len: len,
     }
 }
+
+/// The stream held still for a move: no program call is inside the old
+/// socket, what it had received is drained into `pending`, and `rx` counts
+/// it. Dropping it lets calls run again (on whatever socket the descriptor
+/// then names).
+pub struct Frozen<'a> {
+    io: &'a StreamIo,
+    tx: parking_lot::MutexGuard<'a, TxSide>,
+    rx: parking_lot::MutexGuard<'a, RxSide>,
+}
+
+impl Frozen<'_> {
+    /// Bytes this side has received: handed to the program plus drained.
+    pub fn rx(&self) -> u64 {
+        self.rx.rx + (self.rx.pending.len() - self.rx.pending_at) as u64
+    }
+
+    pub fn ring(&self) -> &ReplayRing {
+        &self.tx.ring
+    }
+
+    /// Bytes that arrived on the new connection before it was put under
+    /// the program's descriptor: the program reads them first.
+    pub fn push_pending(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.rx.pending_at == self.rx.pending.len() {
+            self.rx.pending.clear();
+            self.rx.pending_at = 0;
+        }
+        self.rx.pending.extend_from_slice(bytes);
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let mut sink = 0u64;
+        // Reset the wake counter before letting waiters go, so a later wait
+        // does not return at once.
+        // SAFETY: reads 8 bytes into a live u64 from our eventfd.
+        unsafe { real::read(self.io.wake, (&mut sink as *mut u64).cast(), 8) };
+        self.io.moving.store(false, Ordering::Release);
+        let _g = self.io.settled.lock();
+        self.io.settled_cv.notify_all();
+    }
+}
+
+impl StreamIo {
+    /// Stop the stream at an exact byte count: new calls wait (or get
+    /// EAGAIN), threads waiting in our poll() are woken, calls already in a
+    /// (non-blocking) socket call finish, then everything the old socket
+    /// still holds for us is read into `pending`.
+    pub fn freeze(&self, fd: c_int) -> Frozen<'_> {
+        self.moving.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { real::write(self.wake, (&one as *const u64).cast(), 8) };
+        let tx = self.tx.lock();
+        let mut rx = self.rx.lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: our buffer.
+            let n =
+                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                break;
+            }
+            if rx.pending_at == rx.pending.len() {
+                rx.pending.clear();
+                rx.pending_at = 0;
+            }
+            rx.pending.extend_from_slice(&buf[..n as usize]);
+        }
+        Frozen { io: self, tx, rx }
+    }
+}

@@ -1,0 +1,413 @@
+//! Moving a stream to a new TCP connection, exact to the byte.
+//!
+//! The side whose address changed dials the peer's SIP address (its Driver
+//! hands connections that start with `WISP` to [`accept_resume`]) from its
+//! new address and proves the stream key in the first bytes (resume Init,
+//! like MPTCP's MP_JOIN). Both sides freeze the stream (no program call in
+//! the old socket, its receive queue drained), exchange how much they have
+//! received, resend from there, and put the new socket under the program's
+//! descriptors. See ARCHITECTURE.md, "Moves".
+
+use crate::engine::{self, Stream};
+use crate::real;
+use libc::c_int;
+use parking_lot::Mutex;
+use sipcore::ids::StreamId;
+use sipcore::keys::{MoveCounter, StreamKey};
+use sipcore::resume::{self, Initiator, Msg, Resend};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one resume handshake may take before it is abandoned (the
+/// mover then tries again, until the move timeout).
+const HANDSHAKE: Duration = Duration::from_secs(3);
+
+/// What makes a stream movable: its key, its id, where the peer is.
+pub struct Mobility {
+    pub key: StreamKey,
+    pub id: StreamId,
+    pub call_id: String,
+    /// The peer's SIP address (TCP): where resumed connections go.
+    pub peer_sip: Mutex<Option<SocketAddr>>,
+    /// The peer's data address, for route checks.
+    pub peer_data: Mutex<SocketAddr>,
+    /// The address this side's data connection uses now.
+    pub local_ip: Mutex<IpAddr>,
+    /// Our resume Init counter, and the peer's we have accepted.
+    resume_sent: AtomicU64,
+    resume_seen: Mutex<MoveCounter>,
+    /// Our re-INVITE counter, and the peer's we have accepted.
+    pub moves_sent: AtomicU64,
+    pub moves_seen: Mutex<MoveCounter>,
+    /// One move at a time.
+    lock: Mutex<()>,
+    /// Completed moves and bytes resent, for the log and status.
+    pub moves: AtomicU64,
+    pub resent: AtomicU64,
+}
+
+impl Mobility {
+    pub fn new(
+        key: StreamKey,
+        id: StreamId,
+        call_id: String,
+        peer_data: SocketAddr,
+        local_ip: IpAddr,
+    ) -> Mobility {
+        Mobility {
+            key,
+            id,
+            call_id,
+            peer_sip: Mutex::new(None),
+            peer_data: Mutex::new(peer_data),
+            local_ip: Mutex::new(local_ip),
+            resume_sent: AtomicU64::new(0),
+            resume_seen: Mutex::new(MoveCounter::new()),
+            moves_sent: AtomicU64::new(0),
+            moves_seen: Mutex::new(MoveCounter::new()),
+            lock: Mutex::new(()),
+            moves: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+        }
+    }
+}
+
+fn set_timeouts(s: &TcpStream, d: Duration) {
+    let _ = s.set_read_timeout(Some(d));
+    let _ = s.set_write_timeout(Some(d));
+}
+
+/// Connect from `local` (port chosen by the kernel) with a timeout.
+fn dial(local: IpAddr, peer: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let domain = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let sock = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let bind_ip = match (local, peer) {
+        (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (l, _) => l,
+    };
+    let (ss, len) = sockaddr(SocketAddr::new(bind_ip, 0));
+    // SAFETY: valid sockaddr.
+    if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (ss, len) = sockaddr(peer);
+    // SAFETY: valid sockaddr; the real connect (never a placeholder here).
+    let rc = unsafe { real::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe {
+            real::poll(
+                &mut p,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as c_int,
+            )
+        };
+        if n <= 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        if let Some(e) = sock.take_error()? {
+            return Err(e);
+        }
+    }
+    sock.set_nonblocking(false)?;
+    Ok(sock)
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: storage fits either family.
+    unsafe {
+        crate::resolve::write_sockaddr(a.ip(), a.port(), &mut ss as *mut _ as *mut libc::sockaddr)
+    };
+    let len = if a.is_ipv4() {
+        std::mem::size_of::<libc::sockaddr_in>()
+    } else {
+        std::mem::size_of::<libc::sockaddr_in6>()
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// Timeline of one move, for its log line.
+struct Timeline {
+    start: Instant,
+    connected: Option<Duration>,
+    answered: Option<Duration>,
+}
+
+/// This side moved to `new_ip`: resume every byte on a new connection to
+/// the peer. Retries until `deadline` (the peer may be moving too, and its
+/// new address arrives with its re-INVITE).
+pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
+    let Some(mob) = stream.mobility.as_ref() else {
+        return;
+    };
+    let mut attempt = 0u32;
+    while Instant::now() < deadline {
+        attempt += 1;
+        let Some(peer) = *mob.peer_sip.lock() else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let mut t = Timeline {
+            start: Instant::now(),
+            connected: None,
+            answered: None,
+        };
+        match initiate_once(&stream, mob, new_ip, peer, &mut t) {
+            Ok(resent) => {
+                *mob.local_ip.lock() = new_ip;
+                let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+                info!(
+                    "move {n} of stream {} to {new_ip}: dialled {peer}, connected in {:?}, answered in {:?}, resent {resent} bytes, done in {:?} (attempt {attempt})",
+                    mob.id,
+                    t.connected.unwrap_or_default(),
+                    t.answered.unwrap_or_default(),
+                    t.start.elapsed()
+                );
+                return;
+            }
+            Err(e) => {
+                debug!(
+                    "move of stream {} via {peer} failed: {e}; trying again",
+                    mob.id
+                );
+                std::thread::sleep(Duration::from_millis(100.min(20 * u64::from(attempt))));
+            }
+        }
+    }
+    warn!(
+        "stream {}: no move completed in time (WISP_MOVE_TIMEOUT)",
+        mob.id
+    );
+}
+
+fn initiate_once(
+    stream: &Stream,
+    mob: &Mobility,
+    new_ip: IpAddr,
+    peer: SocketAddr,
+    t: &mut Timeline,
+) -> Result<u64, String> {
+    let sock = dial(new_ip, peer, HANDSHAKE).map_err(|e| format!("connect: {e}"))?;
+    t.connected = Some(t.start.elapsed());
+    set_timeouts(&sock, HANDSHAKE);
+    let _one = mob
+        .lock
+        .try_lock_for(HANDSHAKE)
+        .ok_or("another move of this stream is under way")?;
+    let fd = engine::fds_of(stream)
+        .first()
+        .copied()
+        .ok_or("the stream has no descriptor")?;
+    let mut frozen = stream.io.freeze(fd);
+    let counter = mob.resume_sent.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx());
+    (&sock)
+        .write_all(&ini.init())
+        .map_err(|e| format!("send Init: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got: Vec<u8> = Vec::new();
+    let resend: Resend = loop {
+        let n = (&sock)
+            .read(&mut buf)
+            .map_err(|e| format!("read Ack: {e}"))?;
+        if n == 0 {
+            return Err("peer closed before its Ack (refused)".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        let mut input: &[u8] = &got;
+        if let Some(r) = ini.push(&mut input, frozen.ring()) {
+            let rest = input.to_vec();
+            got = rest;
+            break r.map_err(|e| format!("Ack: {e}"))?;
+        }
+        got.clear();
+    };
+    t.answered = Some(t.start.elapsed());
+    frozen.push_pending(&got);
+    let sent = exchange(&sock, &mut frozen, resend)?;
+    engine::swap(stream, sock.into_raw_fd());
+    mob.resent.fetch_add(sent, Ordering::Relaxed);
+    Ok(sent)
+}
+
+/// Resend `plan` from the ring on `sock`, reading whatever the peer resends
+/// meanwhile into the program's pending bytes: both sides resend at once,
+/// and a side that only wrote could fill both socket buffers and stall.
+fn exchange(
+    sock: &TcpStream,
+    frozen: &mut crate::stream::Frozen<'_>,
+    plan: Resend,
+) -> Result<u64, String> {
+    let (a, b) = frozen
+        .ring()
+        .slice_from(plan.from)
+        .map_err(|e| format!("ring: {e}"))?;
+    let out: Vec<u8> = [a, b].concat();
+    let fd = sock.as_raw_fd();
+    let mut off = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while off < out.len() {
+        if Instant::now() > deadline {
+            return Err("resend did not finish".into());
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT | libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { real::poll(&mut p, 1, 200) };
+        if p.revents & libc::POLLIN != 0 {
+            // SAFETY: our buffer.
+            let n =
+                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                frozen.push_pending(&buf[..n as usize]);
+            }
+        }
+        if p.revents & libc::POLLOUT != 0 {
+            // SAFETY: our buffer.
+            let n = unsafe {
+                real::send(
+                    fd,
+                    out[off..].as_ptr().cast(),
+                    out.len() - off,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                off += n as usize;
+            } else if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+            {
+                return Err(format!("resend: {}", std::io::Error::last_os_error()));
+            }
+        }
+        if p.revents & (libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLIN == 0 {
+            return Err("new connection failed during resend".into());
+        }
+    }
+    // The ring now holds exactly what was sent on the new connection too:
+    // everything from `from` is unacknowledged there.
+    Ok(out.len() as u64)
+}
+
+/// A connection the Driver handed over because it starts with `WISP`: a
+/// peer resuming a stream. Runs on its own thread.
+pub fn accept_resume(sock: TcpStream, from: SocketAddr, first: Vec<u8>) {
+    let _ = std::thread::Builder::new()
+        .name("wisp-resume".into())
+        .spawn(move || {
+            crate::state::Inside::forever();
+            if let Err(e) = respond(sock, from, first) {
+                warn!("resume from {from} refused: {e}");
+            }
+        });
+}
+
+fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), String> {
+    let _ = sock.set_nonblocking(false);
+    set_timeouts(&sock, HANDSHAKE);
+    let mut got = first;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (init, used) = loop {
+        match resume::decode(&got).map_err(|e| e.to_string())? {
+            Some((Msg::Init(i), used)) => break (i, used),
+            Some((Msg::Ack(_), _)) => return Err("an Ack where an Init belongs".into()),
+            None => {
+                let n = (&sock)
+                    .read(&mut buf)
+                    .map_err(|e| format!("read Init: {e}"))?;
+                if n == 0 {
+                    return Err("closed before a whole Init".into());
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+    };
+    let rest = got[used..].to_vec();
+    let stream = engine::stream_by_id(&init.stream_id)
+        .ok_or_else(|| format!("unknown stream {}", init.stream_id))?;
+    let mob = stream.mobility.as_ref().ok_or("stream is not movable")?;
+    // Check the key before anything else: a forged Init must not even
+    // freeze the stream.
+    if !init.verify(&mob.key) {
+        return Err(format!("stream {}: wrong key (MAC)", mob.id));
+    }
+    if !mob.resume_seen.lock().is_fresh(init.counter) {
+        return Err(format!(
+            "stream {}: replayed resume counter {}",
+            mob.id, init.counter
+        ));
+    }
+    let local_new = sock.local_addr().map(|a| a.ip()).ok();
+    // Both ends dialled at once: the lower address's connection wins.
+    let _one = match mob.lock.try_lock() {
+        Some(g) => g,
+        None if local_new.is_some_and(|l| l < from.ip()) => {
+            return Err("both ends are resuming; ours wins (lower address)".into())
+        }
+        None => mob
+            .lock
+            .try_lock_for(HANDSHAKE)
+            .ok_or("another move of this stream is under way")?,
+    };
+    let fd = engine::fds_of(&stream)
+        .first()
+        .copied()
+        .ok_or("the stream has no descriptor")?;
+    let mut frozen = stream.io.freeze(fd);
+    let plan = resume::plan(frozen.ring(), init.rx).map_err(|e| e.to_string())?;
+    mob.resume_seen.lock().accept(init.counter);
+    let ack = resume::Ack::new(&mob.key, &init.stream_id, init.counter, frozen.rx()).encode();
+    (&sock)
+        .write_all(&ack)
+        .map_err(|e| format!("send Ack: {e}"))?;
+    frozen.push_pending(&rest);
+    let sent = exchange(&sock, &mut frozen, plan)?;
+    // The peer is at a new address; its SIP port is what it was.
+    let mut peer_sip = mob.peer_sip.lock();
+    *peer_sip = Some(SocketAddr::new(
+        from.ip(),
+        peer_sip.map_or(from.port(), |a| a.port()),
+    ));
+    drop(peer_sip);
+    engine::swap(&stream, sock.into_raw_fd());
+    mob.resent.fetch_add(sent, Ordering::Relaxed);
+    let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+    info!(
+        "move {n} of stream {}: peer resumed from {from}, resent {sent} bytes",
+        mob.id
+    );
+    Ok(())
+}
