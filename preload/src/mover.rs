@@ -156,11 +156,13 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// Timeline of one move, for its log line.
+/// Timeline of one move, for its log line: from detection (`start`).
 struct Timeline {
     start: Instant,
     connected: Option<Duration>,
     answered: Option<Duration>,
+    /// How long the program's calls were held (freeze to swap).
+    stall: Option<Duration>,
 }
 
 /// This side moved to `new_ip`: resume every byte on a new connection to
@@ -170,6 +172,8 @@ pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
     let Some(mob) = stream.mobility.as_ref() else {
         return;
     };
+    let detected = Instant::now();
+    let old_ip = *mob.local_ip.lock();
     let mut attempt = 0u32;
     while Instant::now() < deadline {
         attempt += 1;
@@ -178,20 +182,23 @@ pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
             continue;
         };
         let mut t = Timeline {
-            start: Instant::now(),
+            start: detected,
             connected: None,
             answered: None,
+            stall: None,
         };
         match initiate_once(&stream, mob, new_ip, peer, &mut t) {
             Ok(resent) => {
                 *mob.local_ip.lock() = new_ip;
                 let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+                let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1000.0;
                 info!(
-                    "move {n} of stream {} to {new_ip}: dialled {peer}, connected in {:?}, answered in {:?}, resent {resent} bytes, done in {:?} (attempt {attempt})",
+                    "move stream={} n={n} old={old_ip} new={new_ip} peer={peer} tcp_up_ms={:.2} resume_ack_ms={:.2} stall_ms={:.2} done_ms={:.2} resent={resent} attempts={attempt}",
                     mob.id,
-                    t.connected.unwrap_or_default(),
-                    t.answered.unwrap_or_default(),
-                    t.start.elapsed()
+                    ms(t.connected),
+                    ms(t.answered),
+                    ms(t.stall),
+                    ms(Some(t.start.elapsed())),
                 );
                 return;
             }
@@ -228,6 +235,7 @@ fn initiate_once(
         .first()
         .copied()
         .ok_or("the stream has no descriptor")?;
+    let frozen_at = Instant::now();
     let mut frozen = stream.io.freeze(fd);
     let counter = mob.resume_sent.fetch_add(1, Ordering::Relaxed) + 1;
     let mut ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx());
@@ -256,6 +264,8 @@ fn initiate_once(
     frozen.push_pending(&got);
     let sent = exchange(&sock, &mut frozen, resend)?;
     engine::swap(stream, sock.into_raw_fd());
+    drop(frozen);
+    t.stall = Some(frozen_at.elapsed());
     mob.resent.fetch_add(sent, Ordering::Relaxed);
     Ok(sent)
 }
@@ -386,6 +396,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
         .first()
         .copied()
         .ok_or("the stream has no descriptor")?;
+    let frozen_at = Instant::now();
     let mut frozen = stream.io.freeze(fd);
     let plan = resume::plan(frozen.ring(), init.rx).map_err(|e| e.to_string())?;
     mob.resume_seen.lock().accept(init.counter);
@@ -403,11 +414,14 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     ));
     drop(peer_sip);
     engine::swap(&stream, sock.into_raw_fd());
+    drop(frozen);
+    let stall = frozen_at.elapsed();
     mob.resent.fetch_add(sent, Ordering::Relaxed);
     let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
     info!(
-        "move {n} of stream {}: peer resumed from {from}, resent {sent} bytes",
-        mob.id
+        "move stream={} n={n} peer_new={from} stall_ms={:.2} resent={sent} (the peer moved)",
+        mob.id,
+        stall.as_secs_f64() * 1000.0
     );
     Ok(())
 }
