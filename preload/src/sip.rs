@@ -156,6 +156,7 @@ fn start(config: &Config) -> Result<Handle, String> {
         registered: false,
         move_timeout: config.move_timeout,
         proxy: config.proxy,
+        moves_out: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("wisp-sip".into())
@@ -181,6 +182,16 @@ struct SipThread {
     registered: bool,
     move_timeout: Duration,
     proxy: Option<SocketAddr>,
+    /// Our latest move re-INVITE per call, until the peer has it: sent
+    /// straight to the peer's Contact first, through the proxy if that
+    /// goes unanswered (the peer may have moved too).
+    moves_out: HashMap<CallId, OutMove>,
+}
+
+struct OutMove {
+    body: bytes::Bytes,
+    via_proxy: bool,
+    sent: bool,
 }
 
 impl SipThread {
@@ -410,12 +421,14 @@ impl SipThread {
                     let _ = offered.reply.send(Err(errno));
                 }
             }
-            UaEvent::IncomingReinvite { call, body } => self.peer_moved(&call, &body, now),
-            UaEvent::ReinviteDone { call, code, .. } => {
-                if !(200..300).contains(&code) {
-                    warn!("call {call}: our move's re-INVITE got {code}");
+            UaEvent::IncomingReinvite { call, body } => {
+                self.peer_moved(&call, &body, now);
+                // Both moved at once: ours waited for theirs to be answered.
+                if self.moves_out.get(&call).is_some_and(|m| !m.sent) {
+                    self.push_move(&call, now);
                 }
             }
+            UaEvent::ReinviteDone { call, code, .. } => self.move_answered(&call, code, now),
             UaEvent::CallEnded { call, .. } => {
                 self.connects.remove(&call);
                 crate::engine::forget_call(&call);
@@ -490,11 +503,52 @@ impl SipThread {
             rx: 0,
         };
         let body = mobility::move_offer(&m, &mob.key, &mob.call_id, session_id(), counter + 1);
-        if !self.ua.reinvite(&mob.call_id, body.into(), now) {
-            debug!(
-                "call {}: re-INVITE deferred (another offer in flight)",
-                mob.call_id
-            );
+        self.moves_out.insert(
+            mob.call_id.clone(),
+            OutMove {
+                body: body.into(),
+                via_proxy: false,
+                sent: false,
+            },
+        );
+        self.push_move(&mob.call_id.clone(), now);
+    }
+
+    /// Send (or resend another way) the pending move of `call`, if the
+    /// dialog is free for an offer.
+    fn push_move(&mut self, call: &str, now: Instant) {
+        let Some(m) = self.moves_out.get_mut(call) else {
+            return;
+        };
+        let sent = if m.via_proxy {
+            self.ua.reinvite(call, m.body.clone(), now)
+        } else {
+            self.ua.reinvite_direct(call, m.body.clone(), now)
+        };
+        m.sent = sent;
+        if !sent {
+            debug!("call {call}: move re-INVITE waits for the offer in flight");
+        }
+    }
+
+    /// The answer to a re-INVITE of ours.
+    fn move_answered(&mut self, call: &str, code: u16, now: Instant) {
+        let Some(m) = self.moves_out.get_mut(call) else {
+            return;
+        };
+        if !m.sent {
+            // That answer was for another offer; ours can go now.
+            return self.push_move(call, now);
+        }
+        if (200..300).contains(&code) {
+            self.moves_out.remove(call);
+        } else if !m.via_proxy && matches!(code, 408 | 503) {
+            debug!("call {call}: no answer straight from the peer; the move re-INVITE goes through the proxy");
+            m.via_proxy = true;
+            self.push_move(call, now);
+        } else {
+            warn!("call {call}: our move's re-INVITE got {code}");
+            self.moves_out.remove(call);
         }
     }
 

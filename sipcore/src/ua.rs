@@ -419,6 +419,18 @@ impl Ua {
     /// Offer new SDP inside the call (a host move). Refused while another
     /// offer is in flight in either direction (§14.1).
     pub fn reinvite(&mut self, call: &str, sdp: Bytes, now: Instant) -> bool {
+        self.reinvite_via(call, sdp, false, now)
+    }
+
+    /// A re-INVITE sent straight to the peer's Contact, past the proxies
+    /// of the route set: after a move this saves the detour through the
+    /// registrar. If nothing answers it ends as `ReinviteDone { code: 408 }`
+    /// (the call stays up) and the caller can try [`Ua::reinvite`].
+    pub fn reinvite_direct(&mut self, call: &str, sdp: Bytes, now: Instant) -> bool {
+        self.reinvite_via(call, sdp, true, now)
+    }
+
+    fn reinvite_via(&mut self, call: &str, sdp: Bytes, direct: bool, now: Instant) -> bool {
         let (transport, local, contact) =
             (self.config.transport, self.config.local, self.contact());
         let Some(c) = self.calls.get_mut(call) else {
@@ -435,7 +447,13 @@ impl Ua {
         };
         m.add(Name::CONTACT, contact);
         m.set_body("application/sdp", sdp);
-        let Some(hop) = d.next_hop(transport) else {
+        let hop = if direct {
+            m.headers.remove(&Name::ROUTE);
+            dialog::uri_peer(&d.remote_target, transport)
+        } else {
+            d.next_hop(transport)
+        };
+        let Some(hop) = hop else {
             return false;
         };
         let key = self.ep.send_request(m.clone(), hop, now);
@@ -883,7 +901,20 @@ impl Ua {
                 self.events
                     .push_back(UaEvent::CallFailed { call, code: 408 });
             }
-            Some(Pending::Reinvite(call)) | Some(Pending::Bye(call)) => {
+            Some(Pending::Reinvite(call)) => {
+                // Unlike RFC 3261 §14.1's advice to end the dialog, a
+                // re-INVITE lost during a move (the peer may be moving too)
+                // leaves the call up: the caller retries another way.
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.outgoing = None;
+                }
+                self.events.push_back(UaEvent::ReinviteDone {
+                    call,
+                    code: 408,
+                    body: Bytes::new(),
+                });
+            }
+            Some(Pending::Bye(call)) => {
                 self.calls.remove(&call);
                 self.events.push_back(UaEvent::CallEnded {
                     call,
