@@ -128,6 +128,7 @@ def main():
     for t in threads:
         t.join()
     s.done.set()
+    say(f"progress rx={s.rx} tx={s.tx}")
     sock.close()
     sys.exit(1 if s.failed else 0)
 
