@@ -71,6 +71,16 @@ impl Bg {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
+    /// Send a signal by name (`"INT"`, `"TERM"`, ...) with kill(1), for a
+    /// program that should stop the way a user stops it.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
     /// Wait until stdout or stderr contains `needle`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let until = Instant::now() + timeout;
@@ -211,6 +221,30 @@ impl World {
         cmd
     }
 
+    /// Wait until `port` listens (TCP) in `node` and (when the program runs
+    /// under WISP_NAME) its name is registered: listen() returns after that.
+    pub fn wait_listening(&self, node: Node, port: u16) {
+        for _ in 0..500 {
+            let out = self.lab.exec_cmd(node, ["ss", "-Htln"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+                // listen() returned; registration ran inside it.
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nothing listens on {port} in {node:?}");
+    }
+
+    /// A library log file (`WISP_LOG_FILE`) in this world's directory,
+    /// named after `tag`; [`LibLog::apply`] points a command at it.
+    pub fn lib_log(&self, tag: &str) -> LibLog {
+        LibLog {
+            tag: tag.to_string(),
+            path: self.dir.path(&format!("{tag}.wisp.log")),
+        }
+    }
+
     /// Write `len` random bytes to a file and return its path and SHA-256.
     pub fn random_file(&self, name: &str, len: usize) -> (PathBuf, String) {
         let p = self.dir.join(name);
@@ -239,6 +273,90 @@ pub fn sha256(p: &Path) -> String {
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// A program of the test suite kept in `shim-tests/py/`.
+pub fn py(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name);
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// Words that mark the lines of a library log that tell a move's story:
+/// the address change seen, the re-INVITE, the resume handshake.
+pub const MOVE_WORDS: &[&str] = &[
+    "move",
+    "re-invite",
+    "reinvite",
+    "resume",
+    "netwatch",
+    "address",
+    "refused",
+];
+
+/// The log file of one program's library (`WISP_LOG_FILE`).
+#[derive(Clone, Debug)]
+pub struct LibLog {
+    pub tag: String,
+    pub path: PathBuf,
+}
+
+impl LibLog {
+    /// Make `cmd` log there (appending; the file is created on first use).
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("WISP_LOG_FILE", &self.path);
+    }
+
+    /// The whole log ("" before the library has written anything).
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// The lines containing any of `words`, case-insensitively.
+    pub fn lines_with(&self, words: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                words.iter().any(|w| l.contains(&w.to_ascii_lowercase()))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The move timeline: the lines with any of [`MOVE_WORDS`].
+    pub fn timeline(&self) -> Vec<String> {
+        self.lines_with(MOVE_WORDS)
+    }
+}
+
+/// The move timelines of several logs, for a failure message: per log, its
+/// last `max` timeline lines (or its last lines of any kind if none is one).
+pub fn move_timelines(logs: &[LibLog], max: usize) -> String {
+    let mut s = String::new();
+    for log in logs {
+        let mut lines = log.timeline();
+        let what = if lines.is_empty() {
+            lines = log.text().lines().map(str::to_string).collect();
+            "no move lines; its last lines"
+        } else {
+            "move lines"
+        };
+        let skip = lines.len().saturating_sub(max);
+        s += &format!(
+            "== {} ({}): {what}, {} of {}\n",
+            log.tag,
+            log.path.display(),
+            lines.len() - skip,
+            lines.len()
+        );
+        for l in &lines[skip..] {
+            s += "   ";
+            s += l;
+            s += "\n";
+        }
+    }
+    s
 }
 
 /// Run to completion with a bound; returns (status, stdout, stderr).

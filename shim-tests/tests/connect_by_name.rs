@@ -112,7 +112,7 @@ fn socat_both_ways_by_name() {
         &w.dir,
         "socat-server",
     );
-    wait_listening(&w, Node::Mobile, 7000);
+    w.wait_listening(Node::Mobile, 7000);
     let (st, _, err) = run(
         w.wisp_cmd(
             Node::Corr,
@@ -139,21 +139,6 @@ fn socat_both_ways_by_name() {
     }
     assert_eq!(sha256(&c_recv), m_hash, "mobile → corr bytes differ");
     assert_eq!(sha256(&m_recv), c_hash, "corr → mobile bytes differ");
-}
-
-/// Wait until `port` listens in `node` and (when the program runs under
-/// WISP_NAME) its name is registered: listen() returns after that.
-fn wait_listening(w: &World, node: Node, port: u16) {
-    for _ in 0..500 {
-        let out = w.lab.exec_cmd(node, ["ss", "-Htln"]).output().unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
-            // listen() returned; registration ran inside it.
-            std::thread::sleep(Duration::from_millis(100));
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {port} in {node:?}");
 }
 
 const ASYNCIO: &str = r#"
@@ -247,7 +232,7 @@ fn iperf3_by_name_runs_to_completion() {
         &w.dir,
         "iperf3-server",
     );
-    wait_listening(&w, Node::Mobile, 5201);
+    w.wait_listening(Node::Mobile, 5201);
     let (st, out, err) = run(
         w.wisp_cmd(
             Node::Corr,
