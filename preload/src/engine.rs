@@ -148,6 +148,39 @@ pub fn track_epoll(ep: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
     }
 }
 
+/// The program's socket options, from the old socket to the new one: the
+/// ones a program sets on a connected TCP socket and would miss if they
+/// went (the new socket's own handshake timeouts must not stay either).
+unsafe fn copy_sockopts(old: c_int, new: c_int) {
+    fn copy<T: Copy>(old: c_int, new: c_int, level: c_int, name: c_int, zero: T) {
+        let mut v = zero;
+        let mut len = std::mem::size_of::<T>() as socklen_t;
+        // SAFETY: T is the option's type; both descriptors are sockets.
+        unsafe {
+            if libc::getsockopt(old, level, name, &mut v as *mut T as *mut _, &mut len) == 0 {
+                libc::setsockopt(new, level, name, &v as *const T as *const _, len);
+            }
+        }
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    copy(old, new, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv);
+    copy(old, new, libc::SOL_SOCKET, libc::SO_SNDTIMEO, tv);
+    for (level, name) in [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        (libc::SOL_SOCKET, libc::SO_PRIORITY),
+        (libc::IPPROTO_IP, libc::IP_TOS),
+    ] {
+        copy::<c_int>(old, new, level, name, 0);
+    }
+}
+
 /// Put the new socket `new` under every descriptor of `stream`, keeping
 /// each descriptor's O_NONBLOCK, close-on-exec, TCP_NODELAY and epoll
 /// registrations, then close `new` (the descriptors hold it now).
@@ -164,24 +197,7 @@ pub fn swap(stream: &Stream, new: c_int) {
                     (nfl & !libc::O_NONBLOCK) | (fl & libc::O_NONBLOCK),
                 );
             }
-            let mut v: c_int = 0;
-            let mut len = std::mem::size_of::<c_int>() as socklen_t;
-            if libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &mut v as *mut c_int as *mut _,
-                &mut len,
-            ) == 0
-            {
-                libc::setsockopt(
-                    new,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_NODELAY,
-                    &v as *const c_int as *const _,
-                    len,
-                );
-            }
+            copy_sockopts(fd, new);
             let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
             real::dup3(new, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
         }

@@ -653,12 +653,138 @@ macro_rules! passthrough {
 passthrough! {
     recvmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int, timeout: *mut timespec) -> c_int;
     sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int;
-    poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
-    ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int;
-    select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *mut timeval) -> c_int;
-    pselect(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, t: *const timespec, mask: *const sigset_t) -> c_int;
     epoll_wait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int;
     epoll_pwait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int;
+}
+
+/// Does a poll set include a stream? One atomic load per entry.
+unsafe fn polls_a_stream(fds: *const pollfd, n: nfds_t) -> bool {
+    !fds.is_null()
+        && (0..n as usize)
+            .any(|i| fdtable::kind(unsafe { (*fds.add(i)).fd }) == fdtable::Kind::Stream)
+}
+
+/// Does a select set include a stream?
+unsafe fn selects_a_stream(n: c_int, sets: [*mut fd_set; 3]) -> bool {
+    (0..n.clamp(0, libc::FD_SETSIZE as c_int)).any(|fd| {
+        fdtable::kind(fd) == fdtable::Kind::Stream
+            && sets
+                .iter()
+                .any(|s| !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
+    if timeout == 0 || !unsafe { polls_a_stream(fds, n) } {
+        return unsafe { real::poll(fds, n, timeout) };
+    }
+    crate::waits::sliced(crate::waits::from_ms(timeout), |ms| unsafe {
+        real::poll(fds, n, ms)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    n: nfds_t,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    if !unsafe { polls_a_stream(fds, n) } {
+        return unsafe { real::ppoll(fds, n, ts, mask) };
+    }
+    let timeout = (!ts.is_null())
+        .then(|| unsafe { std::time::Duration::new((*ts).tv_sec as u64, (*ts).tv_nsec as u32) });
+    crate::waits::sliced(timeout, |ms| {
+        let slice = timespec {
+            tv_sec: (ms / 1000) as _,
+            tv_nsec: ((ms % 1000) as i64 * 1_000_000) as _,
+        };
+        unsafe { real::ppoll(fds, n, &slice, mask) }
+    })
+}
+
+/// select/pselect in slices: the sets are in/out, so each slice starts
+/// from the program's own sets again.
+unsafe fn select_sliced(
+    sets: [*mut fd_set; 3],
+    timeout: Option<std::time::Duration>,
+    mut once: impl FnMut(*mut fd_set, *mut fd_set, *mut fd_set, i32) -> c_int,
+) -> c_int {
+    let saved: Vec<Option<fd_set>> = sets
+        .iter()
+        .map(|s| (!s.is_null()).then(|| unsafe { **s }))
+        .collect();
+    crate::waits::sliced(timeout, |ms| {
+        for (s, copy) in sets.iter().zip(&saved) {
+            if let Some(c) = copy {
+                unsafe { **s = *c };
+            }
+        }
+        once(sets[0], sets[1], sets[2], ms)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    t: *mut timeval,
+) -> c_int {
+    let is_zero = !t.is_null() && unsafe { (*t).tv_sec == 0 && (*t).tv_usec == 0 };
+    if is_zero || !unsafe { selects_a_stream(n, [r, w, e]) } {
+        return unsafe { real::select(n, r, w, e, t) };
+    }
+    let timeout = (!t.is_null()).then(|| unsafe {
+        std::time::Duration::new((*t).tv_sec as u64, (*t).tv_usec as u32 * 1000)
+    });
+    let start = std::time::Instant::now();
+    let rc = unsafe {
+        select_sliced([r, w, e], timeout, |r, w, e, ms| {
+            let mut slice = timeval {
+                tv_sec: (ms / 1000) as _,
+                tv_usec: ((ms % 1000) * 1000) as _,
+            };
+            real::select(n, r, w, e, &mut slice)
+        })
+    };
+    // Linux reports the time left in *t; keep doing so.
+    if let Some(total) = timeout {
+        let left = total.saturating_sub(start.elapsed());
+        unsafe {
+            (*t).tv_sec = left.as_secs() as _;
+            (*t).tv_usec = left.subsec_micros() as _;
+        }
+    }
+    rc
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    t: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    if !unsafe { selects_a_stream(n, [r, w, e]) } {
+        return unsafe { real::pselect(n, r, w, e, t, mask) };
+    }
+    let timeout = (!t.is_null())
+        .then(|| unsafe { std::time::Duration::new((*t).tv_sec as u64, (*t).tv_nsec as u32) });
+    unsafe {
+        select_sliced([r, w, e], timeout, |r, w, e, ms| {
+            let slice = timespec {
+                tv_sec: (ms / 1000) as _,
+                tv_nsec: ((ms % 1000) as i64 * 1_000_000) as _,
+            };
+            real::pselect(n, r, w, e, &slice, mask)
+        })
+    }
 }
 
 /// sendto() to a placeholder on an unconnected socket would put the

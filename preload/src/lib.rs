@@ -14,6 +14,7 @@ pub mod resolve;
 pub mod sip;
 pub mod state;
 pub mod stream;
+pub mod waits;
 
 // The hooks are left out of unit-test builds: a test binary must not
 // interpose its own libc calls.

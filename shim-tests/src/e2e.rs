@@ -241,7 +241,7 @@ impl World {
     pub fn lib_log(&self, tag: &str) -> LibLog {
         LibLog {
             tag: tag.to_string(),
-            path: self.dir.path(&format!("{tag}.wisp.log")),
+            path: self.dir.join(&format!("{tag}.wisp.log")),
         }
     }
 

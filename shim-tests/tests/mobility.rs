@@ -327,7 +327,7 @@ impl Counters {
     /// ends (--rate, --gap-ms); `env` to both programs.
     fn start(m: &mut Mob, port: u16, dir: &str, opts: &[&str], env: &[(&str, &str)]) -> Counters {
         let port = port.to_string();
-        let stop = m.w.dir.path(&format!("counters-{port}.stop"));
+        let stop = m.w.dir.join(&format!("counters-{port}.stop"));
         let mut args = vec!["serve", port.as_str(), "--dir", dir];
         args.extend(opts);
         let mut srv = m.python(
@@ -448,7 +448,7 @@ fn curl_downloads_across_three_moves(tag: &str, proxy: Proxy) {
     const SIZE: u64 = 200 << 20;
     let mut m = Mob::new(tag, proxy);
     let (_, hash) = m.w.random_file("big.bin", SIZE as usize);
-    let served = m.w.dir.0.clone();
+    let served = m.w.dir.path().to_path_buf();
     let mut srv = m.spawn(
         Node::Mobile,
         Some(BOB),
@@ -464,7 +464,7 @@ fn curl_downloads_across_three_moves(tag: &str, proxy: Proxy) {
         ],
     );
     srv.wait_for("Serving HTTP", Duration::from_secs(20));
-    let got = m.w.dir.path("got.bin");
+    let got = m.w.dir.join("got.bin");
     // 25 MB/s: 8 s in all, so each move falls well inside the transfer.
     let mut curl = m.spawn(
         Node::Corr,
@@ -561,7 +561,7 @@ fn upload_to_socat_is_exact_across_two_moves() {
     const SIZE: u64 = 100 << 20;
     let mut m = Mob::new("mupload", Proxy::Wisp);
     let (src, hash) = m.w.random_file("upload.bin", SIZE as usize);
-    let dst = m.w.dir.path("uploaded.bin");
+    let dst = m.w.dir.join("uploaded.bin");
     let mut srv = m.spawn(
         Node::Mobile,
         Some(BOB),
@@ -703,7 +703,7 @@ fn threads_blocked_in_recv_and_send_carry_on_after_a_move() {
     const DOWN: u64 = 64 << 20;
     const UP: u64 = 16 << 20;
     let mut m = Mob::new("mblocked", Proxy::Wisp);
-    let go = m.w.dir.path("go");
+    let go = m.w.dir.join("go");
     let down = DOWN.to_string();
     let up = UP.to_string();
     let mut srv = m.python(
@@ -890,7 +890,7 @@ fn forged_and_replayed_reinvites_are_refused() {
     let mut m = Mob::new("mattack", Proxy::Wisp);
     // Every SIP agent on 5060, so one capture filter sees all signalling.
     let sip = [("WISP_SIP_PORT", "5060")];
-    let cap = m.w.dir.path("sip.pcap");
+    let cap = m.w.dir.join("sip.pcap");
     let mut tshark = {
         let mut cmd = m.w.lab.exec_cmd(
             Node::Router,
@@ -980,8 +980,8 @@ fn forged_and_replayed_reinvites_are_refused() {
 fn udp_flow_across_three_moves_has_no_duplicates_and_bounded_loss() {
     const MOVES: u64 = 3;
     let mut m = Mob::new("mudp", Proxy::Wisp);
-    let stop_tx = m.w.dir.path("udp-sender.stop");
-    let stop_rx = m.w.dir.path("udp-receiver.stop");
+    let stop_tx = m.w.dir.join("udp-sender.stop");
+    let stop_rx = m.w.dir.join("udp-receiver.stop");
     let mut rcv = m.python(
         Node::Mobile,
         Some(BOB),
@@ -1080,7 +1080,7 @@ fn a_named_server_that_moves_to_another_host_is_reached_there() {
         out
     };
     let server = |m: &mut Mob, node: Node, tag: &str, body: &str| -> Bg {
-        let dir = m.w.dir.path(tag);
+        let dir = m.w.dir.join(tag);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("who.txt"), body).unwrap();
         let mut srv = m.spawn(
