@@ -136,6 +136,39 @@ pub fn fds_of(stream: &Stream) -> Vec<c_int> {
 /// epoll keys its entries by open file description, so after dup3 the
 /// program's epoll set no longer sees the descriptor.
 static EPOLL: Mutex<Vec<(c_int, c_int, libc::epoll_event)>> = Mutex::new(Vec::new());
+/// How many entries EPOLL holds: epoll_wait looks no further when zero.
+pub static EPOLL_TRACKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Stream registrations of epoll instance `ep` whose program has bytes
+/// held for it (drained from an old socket during a move): the kernel
+/// cannot report those, so epoll_wait reports them itself.
+pub fn epoll_pending(ep: c_int) -> Vec<libc::epoll_event> {
+    let regs: Vec<_> = EPOLL
+        .lock()
+        .iter()
+        .filter(|(e, _, _)| *e == ep)
+        .copied()
+        .collect();
+    regs.into_iter()
+        .filter(|(_, fd, ev)| ev.events & libc::EPOLLIN as u32 != 0 && has_pending(*fd))
+        .map(|(_, _, ev)| libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: ev.u64,
+        })
+        .collect()
+}
+
+/// Bytes the library holds for the program on this stream descriptor.
+pub fn has_pending(fd: c_int) -> bool {
+    pending(fd) > 0
+}
+
+pub fn pending(fd: c_int) -> usize {
+    if fdtable::kind(fd) != Kind::Stream {
+        return 0;
+    }
+    stream(fd).map_or(0, |s| s.io.pending())
+}
 
 /// epoll_ctl succeeded on a stream descriptor: remember it.
 pub fn track_epoll(ep: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event>) {
@@ -146,6 +179,7 @@ pub fn track_epoll(ep: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
             t.push((ep, fd, ev));
         }
     }
+    EPOLL_TRACKED.store(t.len(), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The program's socket options, from the old socket to the new one: the
@@ -343,7 +377,14 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
     let local = match bound {
         Some(a) => a,
         None => {
-            let (ss, len) = to_sockaddr(SocketAddr::new(handle.local_ip, 0), fam);
+            // A datagram socket binds to the wildcard: the kernel then picks
+            // the source address per send, which is how it follows a move.
+            let bind_ip = match (proto, handle.local_ip) {
+                (ChannelProto::Udp, IpAddr::V4(_)) => IpAddr::from([0u8; 4]),
+                (ChannelProto::Udp, IpAddr::V6(_)) => IpAddr::from([0u16; 8]),
+                (ChannelProto::Tcp, ip) => ip,
+            };
+            let (ss, len) = to_sockaddr(SocketAddr::new(bind_ip, 0), fam);
             // SAFETY: valid sockaddr.
             if unsafe { libc::bind(fd, &ss as *const _ as *const sockaddr, len) } != 0 {
                 let e = errno();
@@ -355,6 +396,7 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
                 return -1;
             }
             match sock_name(fd, false) {
+                Some(a) if a.ip().is_unspecified() => SocketAddr::new(handle.local_ip, a.port()),
                 Some(a) => a,
                 None => {
                     set_errno(libc::EINVAL);
@@ -396,9 +438,11 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         }
     };
     let mobility = mobility
-        .map(|m| crate::mover::Mobility::new(m.key, m.id, call.clone(), remote, local.ip()));
+        .map(|m| crate::mover::Mobility::new(m.key, m.id, call.clone(), proto, remote, local.ip()));
     if let Some(m) = &mobility {
         *m.peer_sip.lock() = peer_sip;
+        m.local_port
+            .store(local.port(), std::sync::atomic::Ordering::Relaxed);
     }
     let stream = Arc::new(Stream {
         call: Mutex::new(Some(call)),
@@ -409,7 +453,16 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
     });
     register_mobile(&stream);
     with_table(|t| t.insert(fd, Entry::Stream(stream)));
-    fdtable::set(fd, Kind::Stream);
+    // Datagrams pass the data-path hooks untouched (nothing to replay);
+    // the table entry is what lets a peer's move re-point the socket.
+    fdtable::set(
+        fd,
+        if proto == ChannelProto::Udp {
+            Kind::Datagram
+        } else {
+            Kind::Stream
+        },
+    );
     let (ss, len) = to_sockaddr(remote, fam);
     info!("{uri} port {} is {remote}", placeholder.port());
     // SAFETY: valid sockaddr; this is the program's own connect, for real.
@@ -463,6 +516,86 @@ pub fn after_listen(fd: c_int) {
     }
 }
 
+/// bind() of a datagram socket under `WISP_NAME`: the port answers INVITEs
+/// for UDP channels (there is no listen() for datagrams).
+pub fn after_bind(fd: c_int) {
+    if crate::state::shared().config.name.is_none() || sock_type(fd) != libc::SOCK_DGRAM {
+        return;
+    }
+    let Some(local) = sock_name(fd, false) else {
+        return;
+    };
+    if local.port() == 0 {
+        return;
+    }
+    let handle = match sip::handle() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(
+                "UDP port {}: cannot answer for WISP_NAME: {e}",
+                local.port()
+            );
+            return;
+        }
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    handle.send(Command::Listen {
+        proto: ChannelProto::Udp,
+        port: local.port(),
+        registered: tx,
+    });
+    let wait = crate::state::shared()
+        .config
+        .connect_timeout
+        .min(std::time::Duration::from_secs(3));
+    let _ = rx.recv_timeout(wait);
+}
+
+/// Datagram dialogs we answered: no descriptor of ours stands for them
+/// (the program's bound socket takes datagrams from anyone), so they are
+/// held here until the dialog ends, for their moves to be announced.
+static ANSWERED_DATAGRAMS: Mutex<Vec<Arc<Stream>>> = Mutex::new(Vec::new());
+
+/// The SIP thread answered a datagram channel: keep what moving it needs.
+pub fn answered_datagram(call: CallId, keys: Keys, peer: SocketAddr, local: SocketAddr) {
+    let Ok(io) = crate::stream::StreamIo::new() else {
+        return;
+    };
+    let mob = crate::mover::Mobility::new(
+        keys.key,
+        keys.id,
+        call.clone(),
+        ChannelProto::Udp,
+        peer,
+        local.ip(),
+    );
+    mob.local_port
+        .store(local.port(), std::sync::atomic::Ordering::Relaxed);
+    let stream = Arc::new(Stream {
+        call: Mutex::new(Some(call)),
+        io,
+        mobility: Some(mob),
+        peer_seen: None,
+        owner: std::process::id(),
+    });
+    register_mobile(&stream);
+    ANSWERED_DATAGRAMS.lock().push(stream);
+}
+
+/// Re-point a datagram stream's sockets at the peer's new address.
+pub fn retarget(stream: &Stream, to: SocketAddr) {
+    let fds = fds_of(stream);
+    for &fd in &fds {
+        let (ss, len) = to_sockaddr(to, family(fd));
+        // SAFETY: valid sockaddr; the real connect, never a placeholder.
+        let rc = unsafe { real::connect(fd, &ss as *const _ as *const sockaddr, len) };
+        debug!("datagram fd {fd} now sends to {to} (connect: {rc})");
+    }
+    if fds.is_empty() {
+        debug!("datagram stream to re-point has no descriptor");
+    }
+}
+
 /// A connection accepted on a wisp listener: if it is the one a caller
 /// announced, it becomes that dialog's stream.
 pub fn after_accept(listen_fd: c_int, fd: c_int) {
@@ -487,8 +620,9 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
         let local = sock_name(fd, false)
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let mobility =
-            mobility.map(|m| crate::mover::Mobility::new(m.key, m.id, call.clone(), peer, local));
+        let mobility = mobility.map(|m| {
+            crate::mover::Mobility::new(m.key, m.id, call.clone(), ChannelProto::Tcp, peer, local)
+        });
         if let Some(m) = &mobility {
             *m.peer_sip.lock() = peer_sip;
         }
@@ -521,6 +655,9 @@ pub fn forget_call(call: &CallId) {
     if let Some(m) = EXPECTED.lock().as_mut() {
         m.retain(|_, e| e.call != *call);
     }
+    ANSWERED_DATAGRAMS
+        .lock()
+        .retain(|s| s.mobility.as_ref().is_none_or(|m| m.call_id != *call));
 }
 
 /// The descriptor `fd` is going away (close, or dup2 over it).
@@ -528,7 +665,9 @@ pub fn release(fd: c_int) {
     let entry = with_table(|t| t.remove(&fd));
     fdtable::clear(fd);
     if entry.is_some() {
-        EPOLL.lock().retain(|(_, f, _)| *f != fd);
+        let mut t = EPOLL.lock();
+        t.retain(|(_, f, _)| *f != fd);
+        EPOLL_TRACKED.store(t.len(), std::sync::atomic::Ordering::Relaxed);
     }
     let Some(entry) = entry else { return };
     let pid = std::process::id();

@@ -278,6 +278,17 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let rc = unsafe { real::bind(fd, addr, len) };
+    if rc == 0 && crate::state::wants_listeners() && !crate::state::Inside::is() {
+        let saved = unsafe { *libc::__errno_location() };
+        guard("bind", (), || engine::after_bind(fd));
+        set_errno(saved);
+    }
+    rc
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let rc = unsafe { real::listen(fd, backlog) };
     if rc == 0 && crate::state::wants_listeners() && !crate::state::Inside::is() {
@@ -653,8 +664,6 @@ macro_rules! passthrough {
 passthrough! {
     recvmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int, timeout: *mut timespec) -> c_int;
     sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int;
-    epoll_wait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int;
-    epoll_pwait(ep: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int;
 }
 
 /// Does a poll set include a stream? One atomic load per entry.
@@ -674,13 +683,58 @@ unsafe fn selects_a_stream(n: c_int, sets: [*mut fd_set; 3]) -> bool {
     })
 }
 
+/// Bytes the library holds for a stream (drained during a move) make it
+/// readable though its socket is not: report them on top of what the
+/// kernel said. Returns the new count of ready entries.
+unsafe fn poll_with_pending(fds: *mut pollfd, n: nfds_t, rc: c_int) -> c_int {
+    if rc < 0 {
+        return rc;
+    }
+    let mut marked = false;
+    for i in 0..n as usize {
+        let p = unsafe { &mut *fds.add(i) };
+        if p.events & libc::POLLIN != 0 && engine::has_pending(p.fd) {
+            p.revents |= libc::POLLIN;
+            marked = true;
+        }
+    }
+    if !marked {
+        return rc;
+    }
+    (0..n as usize)
+        .filter(|&i| unsafe { (*fds.add(i)).revents } != 0)
+        .count() as c_int
+}
+
+/// Held bytes anywhere in the set: answer at once (a zero-timeout poll
+/// for the rest), else None and the caller waits.
+unsafe fn poll_now_if_pending(fds: *mut pollfd, n: nfds_t) -> Option<c_int> {
+    let any = (0..n as usize).any(|i| {
+        let p = unsafe { &*fds.add(i) };
+        p.events & libc::POLLIN != 0 && engine::has_pending(p.fd)
+    });
+    any.then(|| {
+        let rc = unsafe { real::poll(fds, n, 0) };
+        unsafe { poll_with_pending(fds, n, rc) }
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
-    if timeout == 0 || !unsafe { polls_a_stream(fds, n) } {
+    if !unsafe { polls_a_stream(fds, n) } {
         return unsafe { real::poll(fds, n, timeout) };
     }
-    crate::waits::sliced(crate::waits::from_ms(timeout), |ms| unsafe {
-        real::poll(fds, n, ms)
+    if let Some(rc) = unsafe { poll_now_if_pending(fds, n) } {
+        return rc;
+    }
+    if timeout == 0 {
+        return unsafe { real::poll(fds, n, 0) };
+    }
+    crate::waits::sliced(crate::waits::from_ms(timeout), |ms| {
+        if let Some(rc) = unsafe { poll_now_if_pending(fds, n) } {
+            return rc;
+        }
+        unsafe { real::poll(fds, n, ms) }
     })
 }
 
@@ -697,6 +751,9 @@ pub unsafe extern "C" fn ppoll(
     let timeout = (!ts.is_null())
         .then(|| unsafe { std::time::Duration::new((*ts).tv_sec as u64, (*ts).tv_nsec as u32) });
     crate::waits::sliced(timeout, |ms| {
+        if let Some(rc) = unsafe { poll_now_if_pending(fds, n) } {
+            return rc;
+        }
         let slice = timespec {
             tv_sec: (ms / 1000) as _,
             tv_nsec: ((ms % 1000) as i64 * 1_000_000) as _,
@@ -722,7 +779,29 @@ unsafe fn select_sliced(
                 unsafe { **s = *c };
             }
         }
-        once(sets[0], sets[1], sets[2], ms)
+        // Streams asked for reading that have bytes held for them are
+        // ready whatever their sockets say.
+        let held: Vec<c_int> = match saved[0] {
+            Some(r) => (0..libc::FD_SETSIZE as c_int)
+                .filter(|&fd| unsafe { libc::FD_ISSET(fd, &r) } && engine::has_pending(fd))
+                .collect(),
+            None => Vec::new(),
+        };
+        if held.is_empty() {
+            return once(sets[0], sets[1], sets[2], ms);
+        }
+        let rc = once(sets[0], sets[1], sets[2], 0);
+        if rc < 0 {
+            return rc;
+        }
+        let mut extra = 0;
+        for &fd in &held {
+            if !unsafe { libc::FD_ISSET(fd, sets[0]) } {
+                unsafe { libc::FD_SET(fd, sets[0]) };
+                extra += 1;
+            }
+        }
+        rc + extra
     })
 }
 
@@ -785,6 +864,60 @@ pub unsafe extern "C" fn pselect(
             real::pselect(n, r, w, e, &slice, mask)
         })
     }
+}
+
+/// epoll_wait: streams registered with EPOLLIN that have bytes held for
+/// them are reported without waiting (their sockets cannot say so).
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    ep: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    unsafe { epoll_pwait(ep, evs, max, timeout, std::ptr::null()) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    ep: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    if engine::EPOLL_TRACKED.load(std::sync::atomic::Ordering::Relaxed) == 0
+        || max <= 0
+        || evs.is_null()
+    {
+        return unsafe { real::epoll_pwait(ep, evs, max, timeout, mask) };
+    }
+    let held = guard("epoll_wait", Vec::new(), || engine::epoll_pending(ep));
+    if held.is_empty() {
+        return unsafe { real::epoll_pwait(ep, evs, max, timeout, mask) };
+    }
+    let n = held.len().min(max as usize);
+    for (i, ev) in held.iter().take(n).enumerate() {
+        unsafe { *evs.add(i) = *ev };
+    }
+    let rest = unsafe { real::epoll_pwait(ep, evs.add(n), max - n as c_int, 0, mask) };
+    n as c_int + rest.max(0)
+}
+
+/// FIONREAD counts the bytes held for the program too (the seed names
+/// Ioctlsocket): a program that sizes its read by it must see them.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: *mut c_void) -> c_int {
+    let rc = unsafe { real::ioctl(fd, req, arg) };
+    if rc == 0
+        && req == libc::FIONREAD
+        && !arg.is_null()
+        && fdtable::kind(fd) == fdtable::Kind::Stream
+    {
+        let held = guard("ioctl", 0, || engine::pending(fd));
+        unsafe { *(arg as *mut c_int) += held as c_int };
+    }
+    rc
 }
 
 /// sendto() to a placeholder on an unconnected socket would put the

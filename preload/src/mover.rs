@@ -31,12 +31,16 @@ pub struct Mobility {
     pub key: StreamKey,
     pub id: StreamId,
     pub call_id: String,
+    /// TCP streams resume on a new connection; UDP ones are re-pointed.
+    pub proto: sipcore::sdp::ChannelProto,
     /// The peer's SIP address (TCP): where resumed connections go.
     pub peer_sip: Mutex<Option<SocketAddr>>,
     /// The peer's data address, for route checks.
     pub peer_data: Mutex<SocketAddr>,
     /// The address this side's data connection uses now.
     pub local_ip: Mutex<IpAddr>,
+    /// This side's data port (datagram streams announce it in a move).
+    pub local_port: std::sync::atomic::AtomicU16,
     /// Our resume Init counter, and the peer's we have accepted.
     resume_sent: AtomicU64,
     resume_seen: Mutex<MoveCounter>,
@@ -55,6 +59,7 @@ impl Mobility {
         key: StreamKey,
         id: StreamId,
         call_id: String,
+        proto: sipcore::sdp::ChannelProto,
         peer_data: SocketAddr,
         local_ip: IpAddr,
     ) -> Mobility {
@@ -62,9 +67,11 @@ impl Mobility {
             key,
             id,
             call_id,
+            proto,
             peer_sip: Mutex::new(None),
             peer_data: Mutex::new(peer_data),
             local_ip: Mutex::new(local_ip),
+            local_port: std::sync::atomic::AtomicU16::new(0),
             resume_sent: AtomicU64::new(0),
             resume_seen: Mutex::new(MoveCounter::new()),
             moves_sent: AtomicU64::new(0),

@@ -356,14 +356,23 @@ impl SipThread {
                         };
                         self.ua.answer(&call, 200, Some(acc.answer.into()), now);
                         let peer_sip = self.peer_sip(&call);
-                        crate::engine::expect_caller(
-                            acc.caller,
-                            crate::engine::Expected {
-                                call: call.clone(),
-                                mobility,
-                                peer_sip,
-                            },
-                        );
+                        match (acc.proto, mobility) {
+                            (ChannelProto::Udp, Some(keys)) => crate::engine::answered_datagram(
+                                call.clone(),
+                                keys,
+                                acc.caller,
+                                SocketAddr::new(self.local_ip, acc.port),
+                            ),
+                            (ChannelProto::Udp, None) => {}
+                            (ChannelProto::Tcp, mobility) => crate::engine::expect_caller(
+                                acc.caller,
+                                crate::engine::Expected {
+                                    call: call.clone(),
+                                    mobility,
+                                    peer_sip,
+                                },
+                            ),
+                        }
                     }
                     Err(r) => {
                         warn!("refused stream from {from}: {}", r.reason);
@@ -475,6 +484,13 @@ impl SipThread {
                 continue;
             }
             info!("stream {}: {old} -> {new}, moving", mob.id);
+            if mob.proto == ChannelProto::Udp {
+                // Datagrams need no resume: the kernel sends from the new
+                // address already; the peer learns where to send.
+                *mob.local_ip.lock() = new;
+                self.send_move(mob, new, now);
+                continue;
+            }
             let deadline = Instant::now() + self.move_timeout;
             let s = stream.clone();
             let _ = std::thread::Builder::new()
@@ -494,10 +510,15 @@ impl SipThread {
             .moves_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        // A TCP stream resumes at our SIP port; datagrams come to our data port.
+        let port = match mob.proto {
+            ChannelProto::Tcp => self.driver.local_addr().port(),
+            ChannelProto::Udp => mob.local_port.load(std::sync::atomic::Ordering::Relaxed),
+        };
         let m = Move {
             stream: mob.id,
-            proto: ChannelProto::Tcp,
-            addr: SocketAddr::new(new, self.driver.local_addr().port()),
+            proto: mob.proto,
+            addr: SocketAddr::new(new, port),
             setup: Setup::Active,
             counter,
             rx: 0,
@@ -571,7 +592,13 @@ impl SipThread {
                     "stream {}: peer moved to {} (move {})",
                     mob.id, m.addr, m.counter
                 );
-                *mob.peer_sip.lock() = Some(m.addr);
+                match mob.proto {
+                    ChannelProto::Tcp => *mob.peer_sip.lock() = Some(m.addr),
+                    ChannelProto::Udp => {
+                        *mob.peer_data.lock() = m.addr;
+                        crate::engine::retarget(&stream, m.addr);
+                    }
+                }
                 let ours = Move {
                     setup: Setup::Passive,
                     addr: SocketAddr::new(self.local_ip, self.driver.local_addr().port()),
