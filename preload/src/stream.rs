@@ -195,6 +195,11 @@ impl StreamIo {
     /// move wakes us. Returns false on timeout.
     fn wait(&self, fd: c_int, events: i16, deadline: Option<Instant>) -> bool {
         loop {
+            // A move may have left bytes for us in `pending` while this
+            // thread was between checks: the socket would never say so.
+            if events & libc::POLLIN != 0 && self.pending() > 0 {
+                return true;
+            }
             if self.moving.load(Ordering::Acquire) {
                 let mut g = self.settled.lock();
                 while self.moving.load(Ordering::Acquire) {
