@@ -41,13 +41,36 @@ pub struct StreamIo {
     moving: AtomicBool,
     settled: Mutex<()>,
     settled_cv: Condvar,
-    wake: c_int,
+    /// The eventfd waiters poll beside the socket. A move writes it and
+    /// then replaces it with a fresh one, never resetting it: a waiter that
+    /// picked the old one up just before the move still finds it readable,
+    /// so no thread can sleep on a socket that a move has taken away.
+    wake: Mutex<std::sync::Arc<Wake>>,
 }
 
-impl Drop for StreamIo {
+struct Wake(c_int);
+
+impl Wake {
+    fn new() -> std::io::Result<Wake> {
+        // SAFETY: eventfd has no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Wake(fd))
+    }
+
+    fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { real::write(self.0, (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl Drop for Wake {
     fn drop(&mut self) {
         // SAFETY: our own eventfd.
-        unsafe { real::close(self.wake) };
+        unsafe { real::close(self.0) };
     }
 }
 
@@ -156,11 +179,7 @@ pub struct RecvCall<'a> {
 
 impl StreamIo {
     pub fn new() -> std::io::Result<StreamIo> {
-        // SAFETY: eventfd has no pointer arguments.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if wake < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let wake = Wake::new()?;
         Ok(StreamIo {
             tx: Mutex::new(TxSide {
                 ring: ReplayRing::new(RING_START),
@@ -173,7 +192,7 @@ impl StreamIo {
             moving: AtomicBool::new(false),
             settled: Mutex::new(()),
             settled_cv: Condvar::new(),
-            wake,
+            wake: Mutex::new(std::sync::Arc::new(wake)),
         })
     }
 
@@ -195,6 +214,9 @@ impl StreamIo {
     /// move wakes us. Returns false on timeout.
     fn wait(&self, fd: c_int, events: i16, deadline: Option<Instant>) -> bool {
         loop {
+            // Taken before `moving` is looked at: a move that starts after
+            // this line rings exactly this eventfd.
+            let wake = self.wake.lock().clone();
             // A move may have left bytes for us in `pending` while this
             // thread was between checks: the socket would never say so.
             if events & libc::POLLIN != 0 && self.pending() > 0 {
@@ -224,7 +246,7 @@ impl StreamIo {
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: self.wake,
+                    fd: wake.0,
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -520,11 +542,11 @@ impl Frozen<'_> {
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
-        let mut sink = 0u64;
-        // Reset the wake counter before letting waiters go, so a later wait
-        // does not return at once.
-        // SAFETY: reads 8 bytes into a live u64 from our eventfd.
-        unsafe { real::read(self.io.wake, (&mut sink as *mut u64).cast(), 8) };
+        // Later waits use a fresh eventfd; the rung one stays readable for
+        // any waiter still holding it.
+        if let Ok(w) = Wake::new() {
+            *self.io.wake.lock() = std::sync::Arc::new(w);
+        }
         self.io.moving.store(false, Ordering::Release);
         let _g = self.io.settled.lock();
         self.io.settled_cv.notify_all();
@@ -538,9 +560,7 @@ impl StreamIo {
     /// still holds for us is read into `pending`.
     pub fn freeze(&self, fd: c_int) -> Frozen<'_> {
         self.moving.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { real::write(self.wake, (&one as *const u64).cast(), 8) };
+        self.wake.lock().ring();
         let tx = self.tx.lock();
         let mut rx = self.rx.lock();
         let mut buf = vec![0u8; 64 * 1024];
