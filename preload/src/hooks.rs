@@ -81,6 +81,28 @@ fn static_hostent(index: usize, af: c_int) -> *mut hostent {
     })
 }
 
+/// The reentrant gethostby*_r answer for map entry `index`, in the
+/// caller's buffer, with the result and h_errno set as glibc sets them.
+unsafe fn hostent_r(
+    index: usize,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let rc = unsafe { resolve::fill_hostent(index, af, ret, buf, buflen) };
+    unsafe {
+        *result = if rc == 0 { ret } else { std::ptr::null_mut() };
+        if !h_errnop.is_null() {
+            // NETDB_INTERNAL (-1): errno (ERANGE) says why.
+            *h_errnop = if rc == 0 { 0 } else { -1 };
+        }
+    }
+    rc
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
     match guard("gethostbyname", None, || unsafe { resolve::lookup(name) }) {
@@ -120,18 +142,7 @@ pub unsafe extern "C" fn gethostbyname2_r(
     h_errnop: *mut c_int,
 ) -> c_int {
     if let Some(index) = guard("gethostbyname_r", None, || unsafe { resolve::lookup(name) }) {
-        let rc = unsafe { resolve::fill_hostent(index, af, ret, buf, buflen) };
-        unsafe {
-            *result = if rc == 0 { ret } else { std::ptr::null_mut() };
-            if !h_errnop.is_null() {
-                *h_errnop = if rc == 0 {
-                    0
-                } else {
-                    -1 /* NETDB_INTERNAL */
-                };
-            }
-        }
-        return rc;
+        return unsafe { hostent_r(index, af, ret, buf, buflen, result, h_errnop) };
     }
     static REAL: real::Sym = real::Sym::new(b"gethostbyname2_r\0");
     type F = unsafe extern "C" fn(
@@ -184,18 +195,7 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     if let Some(index) = guard("gethostbyaddr_r", None, || unsafe {
         placeholder_index(addr, len, af)
     }) {
-        let rc = unsafe { resolve::fill_hostent(index, af, ret, buf, buflen) };
-        unsafe {
-            *result = if rc == 0 { ret } else { std::ptr::null_mut() };
-            if !h_errnop.is_null() {
-                *h_errnop = if rc == 0 {
-                    0
-                } else {
-                    -1 /* NETDB_INTERNAL */
-                };
-            }
-        }
-        return rc;
+        return unsafe { hostent_r(index, af, ret, buf, buflen, result, h_errnop) };
     }
     static REAL: real::Sym = real::Sym::new(b"gethostbyaddr_r\0");
     type F = unsafe extern "C" fn(
