@@ -49,6 +49,9 @@ pub struct Mobility {
     pub moves_seen: Mutex<MoveCounter>,
     /// One move at a time.
     lock: Mutex<()>,
+    /// A mover thread is working on this stream (it follows every later
+    /// change of route itself).
+    pub mover_running: std::sync::atomic::AtomicBool,
     /// Completed moves and bytes resent, for the log and status.
     pub moves: AtomicU64,
     pub resent: AtomicU64,
@@ -77,6 +80,7 @@ impl Mobility {
             moves_sent: AtomicU64::new(0),
             moves_seen: Mutex::new(MoveCounter::new()),
             lock: Mutex::new(()),
+            mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
         }
@@ -175,7 +179,7 @@ struct Timeline {
 /// This side moved to `new_ip`: resume every byte on a new connection to
 /// the peer. Retries until `deadline` (the peer may be moving too, and its
 /// new address arrives with its re-INVITE).
-pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
+pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
     let Some(mob) = stream.mobility.as_ref() else {
         return;
     };
@@ -183,11 +187,17 @@ pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
     let old_ip = *mob.local_ip.lock();
     let mut attempt = 0u32;
     while Instant::now() < deadline {
-        attempt += 1;
+        // Where the routes send us now; none while the host is offline.
+        let peer_data = *mob.peer_data.lock();
+        let Some(new_ip) = crate::sip::route_ip(peer_data) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
         let Some(peer) = *mob.peer_sip.lock() else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
+        attempt += 1;
         let mut t = Timeline {
             start: detected,
             connected: None,
@@ -207,6 +217,7 @@ pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
                     ms(t.stall),
                     ms(Some(t.start.elapsed())),
                 );
+                mob.mover_running.store(false, Ordering::Release);
                 return;
             }
             Err(e) => {
@@ -219,9 +230,11 @@ pub fn initiate(stream: Arc<Stream>, new_ip: IpAddr, deadline: Instant) {
         }
     }
     warn!(
-        "stream {}: no move completed in time (WISP_MOVE_TIMEOUT)",
+        "stream {}: no move completed within WISP_MOVE_TIMEOUT; the program now sees ETIMEDOUT",
         mob.id
     );
+    stream.io.break_with(libc::ETIMEDOUT);
+    mob.mover_running.store(false, Ordering::Release);
 }
 
 fn initiate_once(

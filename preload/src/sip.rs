@@ -479,27 +479,48 @@ impl SipThread {
             };
             let old = *mob.local_ip.lock();
             let peer = *mob.peer_data.lock();
-            let Some(new) = route_ip(peer) else { continue };
-            if new == old {
+            let new = route_ip(peer);
+            if new == Some(old) {
                 continue;
             }
-            info!("stream {}: {old} -> {new}, moving", mob.id);
             if mob.proto == ChannelProto::Udp {
                 // Datagrams need no resume: the kernel sends from the new
                 // address already; the peer learns where to send.
-                *mob.local_ip.lock() = new;
-                self.send_move(mob, new, now);
+                if let Some(new) = new {
+                    info!("stream {}: {old} -> {new}", mob.id);
+                    *mob.local_ip.lock() = new;
+                    self.send_move(mob, new, now);
+                }
                 continue;
             }
-            let deadline = Instant::now() + self.move_timeout;
-            let s = stream.clone();
-            let _ = std::thread::Builder::new()
-                .name("wisp-move".into())
-                .spawn(move || {
-                    crate::state::Inside::forever();
-                    crate::mover::initiate(s, new, deadline);
-                });
-            self.send_move(mob, new, now);
+            // One mover per stream; it follows later route changes itself,
+            // and waits (up to WISP_MOVE_TIMEOUT) while there is no route.
+            if !mob
+                .mover_running
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                info!(
+                    "stream {}: {old} -> {}, moving",
+                    mob.id,
+                    new.map_or("(no route yet)".to_string(), |n| n.to_string())
+                );
+                let deadline = Instant::now() + self.move_timeout;
+                let s = stream.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("wisp-move".into())
+                        .spawn(move || {
+                            crate::state::Inside::forever();
+                            crate::mover::initiate(s, deadline);
+                        });
+                if spawned.is_err() {
+                    mob.mover_running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+            if let Some(new) = new {
+                self.send_move(mob, new, now);
+            }
         }
     }
 

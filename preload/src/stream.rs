@@ -39,6 +39,9 @@ pub struct StreamIo {
     tx: Mutex<TxSide>,
     rx: Mutex<RxSide>,
     moving: AtomicBool,
+    /// Set when no move completed within WISP_MOVE_TIMEOUT: the errno every
+    /// later call on the stream gets (held bytes are still delivered).
+    broken: std::sync::atomic::AtomicI32,
     settled: Mutex<()>,
     settled_cv: Condvar,
     /// The eventfd waiters poll beside the socket. A move writes it and
@@ -190,6 +193,7 @@ impl StreamIo {
                 pending_at: 0,
             }),
             moving: AtomicBool::new(false),
+            broken: std::sync::atomic::AtomicI32::new(0),
             settled: Mutex::new(()),
             settled_cv: Condvar::new(),
             wake: Mutex::new(std::sync::Arc::new(wake)),
@@ -220,6 +224,9 @@ impl StreamIo {
             // A move may have left bytes for us in `pending` while this
             // thread was between checks: the socket would never say so.
             if events & libc::POLLIN != 0 && self.pending() > 0 {
+                return true;
+            }
+            if self.broken.load(Ordering::Acquire) != 0 {
                 return true;
             }
             if self.moving.load(Ordering::Acquire) {
@@ -272,6 +279,11 @@ impl StreamIo {
             None
         };
         loop {
+            let broken = self.broken.load(Ordering::Acquire);
+            if broken != 0 {
+                set_errno(broken);
+                return -1;
+            }
             if self.moving.load(Ordering::Acquire) {
                 if !blocking {
                     set_errno(libc::EAGAIN);
@@ -425,6 +437,11 @@ impl StreamIo {
                 }
                 return n as ssize_t;
             }
+            let broken = self.broken.load(Ordering::Acquire);
+            if broken != 0 {
+                set_errno(broken);
+                return -1;
+            }
             let mut msg: msghdr = match call.msg {
                 // SAFETY: the program's header, valid for this call.
                 Some(m) => unsafe { *m },
@@ -554,6 +571,13 @@ impl Drop for Frozen<'_> {
 }
 
 impl StreamIo {
+    /// No move completed in time: every later call fails with `errno`
+    /// (after the bytes already held for the program), and waiters wake.
+    pub fn break_with(&self, errno: c_int) {
+        self.broken.store(errno, Ordering::Release);
+        self.wake.lock().ring();
+    }
+
     /// Stop the stream at an exact byte count: new calls wait (or get
     /// EAGAIN), threads waiting in our poll() are woken, calls already in a
     /// (non-blocking) socket call finish, then everything the old socket
