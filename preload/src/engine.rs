@@ -586,6 +586,21 @@ pub fn answered_datagram(call: CallId, keys: Keys, peer: SocketAddr, local: Sock
 pub fn retarget(stream: &Stream, to: SocketAddr) {
     let fds = fds_of(stream);
     for &fd in &fds {
+        // Disconnect first: a connected UDP socket keeps the source
+        // address it picked at connect() (which a move may have taken
+        // away); AF_UNSPEC lets the next connect pick again.
+        let unspec = libc::sockaddr {
+            sa_family: libc::AF_UNSPEC as _,
+            sa_data: [0; 14],
+        };
+        // SAFETY: a valid AF_UNSPEC sockaddr.
+        unsafe {
+            real::connect(
+                fd,
+                &unspec,
+                std::mem::size_of::<libc::sockaddr>() as socklen_t,
+            )
+        };
         let (ss, len) = to_sockaddr(to, family(fd));
         // SAFETY: valid sockaddr; the real connect, never a placeholder.
         let rc = unsafe { real::connect(fd, &ss as *const _ as *const sockaddr, len) };
@@ -662,6 +677,9 @@ pub fn forget_call(call: &CallId) {
 
 /// The descriptor `fd` is going away (close, or dup2 over it).
 pub fn release(fd: c_int) {
+    if fdtable::kind(fd) == Kind::Datagram {
+        crate::datagrams::forget(fd);
+    }
     let entry = with_table(|t| t.remove(&fd));
     fdtable::clear(fd);
     if entry.is_some() {

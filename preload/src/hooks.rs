@@ -500,6 +500,10 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    if fdtable::kind(fd) == fdtable::Kind::Datagram && !buf.is_null() {
+        let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n) };
+        return guard("write", -1, || crate::datagrams::send(fd, data, 0));
+    }
     match stream_of(fd) {
         Some(s) => send_io("write", &s, fd, &[one(buf, n)], None, 0),
         None => unsafe { real::write(fd, buf, n) },
@@ -538,6 +542,10 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 
 #[no_mangle]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    if fdtable::kind(fd) == fdtable::Kind::Datagram && !buf.is_null() {
+        let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n) };
+        return guard("send", -1, || crate::datagrams::send(fd, data, flags));
+    }
     match stream_of(fd) {
         Some(s) => send_io("send", &s, fd, &[one(buf, n)], None, flags),
         None => unsafe { real::send(fd, buf, n, flags) },

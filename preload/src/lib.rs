@@ -4,6 +4,7 @@
 #[macro_use]
 pub mod log;
 pub mod config;
+pub mod datagrams;
 pub mod engine;
 pub mod fdtable;
 pub mod mover;

@@ -285,7 +285,10 @@ impl SipThread {
                 self.connects.remove(&call);
                 self.ua.hangup(&call, now);
             }
-            Command::NetChanged => self.net_changed(now),
+            Command::NetChanged => {
+                self.net_changed(now);
+                crate::datagrams::flush_all();
+            }
         }
     }
 
@@ -484,11 +487,14 @@ impl SipThread {
                 continue;
             }
             if mob.proto == ChannelProto::Udp {
-                // Datagrams need no resume: the kernel sends from the new
-                // address already; the peer learns where to send.
+                // Datagrams need no resume: the socket is re-pointed from
+                // the new address, and the peer learns where to send.
                 if let Some(new) = new {
                     info!("stream {}: {old} -> {new}", mob.id);
                     *mob.local_ip.lock() = new;
+                    // A connected UDP socket keeps the source address it
+                    // chose at connect(): connecting again picks the new one.
+                    crate::engine::retarget(&stream, peer);
                     self.send_move(mob, new, now);
                 }
                 continue;
