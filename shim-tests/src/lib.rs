@@ -1371,7 +1371,12 @@ impl Capture {
             .collect::<Vec<_>>()
             .join(" or ");
         let mut cmd = Command::new("tshark");
-        cmd.args(["-n", "-l", "-P", "-i", "lo", "-f", &filter, "-w"])
+        cmd.args(["-n", "-l", "-P", "-i", "lo", "-f", &filter])
+            // The probe is plain data: a port some dissector claims (MIPv6
+            // took one once) would print the packet without its ports.
+            .arg("-d")
+            .arg(format!("udp.port=={probe_port},data"))
+            .arg("-w")
             .arg(&file);
         let proc = Proc::spawn("tshark", cmd);
         proc.wait_line("Capturing on", timeout());
