@@ -490,6 +490,22 @@ fn recv_io(
     guard(what, -1, || s.io.recv(fd, RecvCall { iov, msg, flags }))
 }
 
+/// send/write on a wisp datagram socket go through the queue that holds
+/// datagrams while the host has no route; None for any other descriptor.
+unsafe fn datagram_send(
+    what: &str,
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+) -> Option<ssize_t> {
+    if fdtable::kind(fd) != fdtable::Kind::Datagram || buf.is_null() {
+        return None;
+    }
+    let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n) };
+    Some(guard(what, -1, || crate::datagrams::send(fd, data, flags)))
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     match stream_of(fd) {
@@ -500,9 +516,8 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    if fdtable::kind(fd) == fdtable::Kind::Datagram && !buf.is_null() {
-        let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n) };
-        return guard("write", -1, || crate::datagrams::send(fd, data, 0));
+    if let Some(rc) = unsafe { datagram_send("write", fd, buf, n, 0) } {
+        return rc;
     }
     match stream_of(fd) {
         Some(s) => send_io("write", &s, fd, &[one(buf, n)], None, 0),
@@ -542,9 +557,8 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 
 #[no_mangle]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-    if fdtable::kind(fd) == fdtable::Kind::Datagram && !buf.is_null() {
-        let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n) };
-        return guard("send", -1, || crate::datagrams::send(fd, data, flags));
+    if let Some(rc) = unsafe { datagram_send("send", fd, buf, n, flags) } {
+        return rc;
     }
     match stream_of(fd) {
         Some(s) => send_io("send", &s, fd, &[one(buf, n)], None, flags),
