@@ -1,0 +1,27 @@
+//! The benchmark suite behind `scripts/bench` (issue 5, DESIGN.md §8).
+//!
+//! Every figure is measured side by side with its baseline in the same run
+//! (runs alternate, so a noisy neighbour hurts both alike), summarised as a
+//! median with its spread, and checked against the target the project set
+//! for it. Sections are independent modules with one entry point each,
+//! `run(&Ctx) -> Vec<Row>`, so they can be run alone while working on one
+//! figure (`wisp-bench startup`).
+
+pub mod report;
+pub mod startup;
+
+pub use report::{Ctx, Row, Stats, Target};
+
+/// A section of the suite: its name on the command line and its entry point.
+pub struct Section {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Ctx) -> Vec<Row>,
+}
+
+/// Every section, in the order the table shows them.
+pub const SECTIONS: &[Section] = &[Section {
+    name: "startup",
+    about: "start-up cost of the preloaded library when no wisp name is used",
+    run: startup::run,
+}];
