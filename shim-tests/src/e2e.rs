@@ -161,7 +161,11 @@ sip:nobody@wxyz.com   nobody.wxyz
 
 impl World {
     pub fn new(tag: &str, proxy: Proxy) -> World {
-        let lab = Lab::up();
+        World::on(Lab::up(), tag, proxy)
+    }
+
+    /// A world in a lab brought up by the caller (with a delay, say).
+    pub fn on(lab: Lab, tag: &str, proxy: Proxy) -> World {
         let dir = TempDir::new(tag);
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, HOSTS).unwrap();
