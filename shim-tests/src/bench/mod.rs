@@ -7,6 +7,7 @@
 //! `run(&Ctx) -> Vec<Row>`, so they can be run alone while working on one
 //! figure (`wisp-bench startup`).
 
+pub mod flow;
 pub mod report;
 pub mod startup;
 
