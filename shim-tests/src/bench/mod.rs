@@ -8,7 +8,9 @@
 //! figure (`wisp-bench startup`).
 
 pub mod flow;
+pub mod moves;
 pub mod report;
+pub mod stall;
 pub mod startup;
 
 pub use report::{Ctx, Row, Stats, Target};
@@ -21,8 +23,15 @@ pub struct Section {
 }
 
 /// Every section, in the order the table shows them.
-pub const SECTIONS: &[Section] = &[Section {
-    name: "startup",
-    about: "start-up cost of the preloaded library when no wisp name is used",
-    run: startup::run,
-}];
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "startup",
+        about: "start-up cost of the preloaded library when no wisp name is used",
+        run: startup::run,
+    },
+    Section {
+        name: "stall",
+        about: "handover stall across moves: wisp vs MPTCP vs plain TCP, per RTT",
+        run: stall::run,
+    },
+];
