@@ -12,6 +12,7 @@ pub mod moves;
 pub mod report;
 pub mod stall;
 pub mod startup;
+pub mod storm;
 
 pub use report::{Ctx, Row, Stats, Target};
 
@@ -33,5 +34,10 @@ pub const SECTIONS: &[Section] = &[
         name: "stall",
         about: "handover stall across moves: wisp vs MPTCP vs plain TCP, per RTT",
         run: stall::run,
+    },
+    Section {
+        name: "storm",
+        about: "exactness and stalls of one stream across 1000 moves",
+        run: storm::run,
     },
 ];

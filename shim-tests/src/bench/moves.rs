@@ -305,6 +305,18 @@ impl Mobile {
     }
 }
 
+/// `wisp-flow` options that make it run SCHED_FIFO, when
+/// `WISP_BENCH_RT=1`: the neighbours' load then hardly shows as pauses, but
+/// the library's threads (the mover's too) run real-time as well, so it is
+/// not the default.
+pub fn rt_opts() -> &'static [&'static str] {
+    if std::env::var("WISP_BENCH_RT").is_ok_and(|v| v == "1") {
+        &["--rt", "10"]
+    } else {
+        &[]
+    }
+}
+
 /// The path of a program of this build (`wisp-flow`, ...).
 pub fn bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);

@@ -226,9 +226,7 @@ fn measure(
         "--gap-ms",
         "1000",
     ];
-    if std::env::var("WISP_BENCH_RT").map_or(true, |v| v != "0") {
-        opts.extend(["--rt", "10"]);
-    }
+    opts.extend(moves::rt_opts());
     let mut flows: Vec<Flow> = PORTS
         .iter()
         .map(|&(p, port)| Flow::start(&w, p, port, &opts, true))
