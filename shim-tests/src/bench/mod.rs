@@ -13,6 +13,7 @@ pub mod report;
 pub mod stall;
 pub mod startup;
 pub mod storm;
+pub mod throughput;
 
 pub use report::{Ctx, Row, Stats, Target};
 
@@ -39,5 +40,10 @@ pub const SECTIONS: &[Section] = &[
         name: "storm",
         about: "exactness and stalls of one stream across 1000 moves",
         run: storm::run,
+    },
+    Section {
+        name: "throughput",
+        about: "bulk TCP with and without the library (iperf3), per RTT",
+        run: throughput::run,
     },
 ];
