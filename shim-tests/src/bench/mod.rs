@@ -9,6 +9,7 @@
 
 pub mod flow;
 pub mod moves;
+pub mod plot;
 pub mod report;
 pub mod stall;
 pub mod startup;
@@ -45,5 +46,10 @@ pub const SECTIONS: &[Section] = &[
         name: "throughput",
         about: "bulk TCP with and without the library (iperf3), per RTT",
         run: throughput::run,
+    },
+    Section {
+        name: "plot",
+        about: "a picture (move.svg) of bytes received across one move: wisp, MPTCP, TCP",
+        run: plot::run,
     },
 ];
