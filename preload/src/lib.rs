@@ -7,6 +7,7 @@ pub mod config;
 pub mod datagrams;
 pub mod engine;
 pub mod fdtable;
+pub mod movelog;
 pub mod mover;
 pub mod names;
 pub mod netwatch;

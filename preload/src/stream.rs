@@ -543,6 +543,19 @@ impl Frozen<'_> {
         &self.tx.ring
     }
 
+    /// Drop from the ring what the old connection `fd` saw acknowledged
+    /// (SIOCOUTQ is what is not): the peer's TCP has those bytes, so the
+    /// peer's freeze finds them, and a resend can start after them without
+    /// asking.
+    pub fn trim_acked(&mut self, fd: c_int) {
+        let mut outq: c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
+            let acked = self.tx.ring.tx().saturating_sub(outq as u64);
+            self.tx.ring.trim_to(acked);
+        }
+    }
+
     /// Bytes that arrived on the new connection before it was put under
     /// the program's descriptor: the program reads them first.
     pub fn push_pending(&mut self, bytes: &[u8]) {
