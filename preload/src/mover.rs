@@ -55,6 +55,9 @@ pub struct Mobility {
     /// Completed moves and bytes resent, for the log and status.
     pub moves: AtomicU64,
     pub resent: AtomicU64,
+    /// The last completed move's stall (µs) and bytes resent, for status.
+    pub last_stall_us: AtomicU64,
+    pub last_resent: AtomicU64,
 }
 
 impl Mobility {
@@ -83,7 +86,18 @@ impl Mobility {
             mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
+            last_stall_us: AtomicU64::new(0),
+            last_resent: AtomicU64::new(0),
         }
+    }
+
+    /// A move completed: its stall and resent bytes, then the count (so a
+    /// reader that sees the count sees this move's figures).
+    fn completed(&self, stall: Duration, resent: u64) -> u64 {
+        self.last_stall_us
+            .store(stall.as_micros() as u64, Ordering::Relaxed);
+        self.last_resent.store(resent, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Release) + 1
     }
 }
 
@@ -207,7 +221,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
         match initiate_once(&stream, mob, new_ip, peer, &mut t) {
             Ok(resent) => {
                 *mob.local_ip.lock() = new_ip;
-                let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = mob.completed(t.stall.unwrap_or_default(), resent);
                 let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1000.0;
                 info!(
                     "move stream={} n={n} old={old_ip} new={new_ip} peer={peer} tcp_up_ms={:.2} resume_ack_ms={:.2} stall_ms={:.2} done_ms={:.2} resent={resent} attempts={attempt}",
@@ -437,7 +451,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     drop(frozen);
     let stall = frozen_at.elapsed();
     mob.resent.fetch_add(sent, Ordering::Relaxed);
-    let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = mob.completed(stall, sent);
     info!(
         "move stream={} n={n} peer_new={from} stall_ms={:.2} resent={sent} (the peer moved)",
         mob.id,
