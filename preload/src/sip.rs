@@ -365,6 +365,7 @@ impl SipThread {
                                 keys,
                                 acc.caller,
                                 SocketAddr::new(self.local_ip, acc.port),
+                                from.clone(),
                             ),
                             (ChannelProto::Udp, None) => {}
                             (ChannelProto::Tcp, mobility) => crate::engine::expect_caller(
@@ -373,6 +374,7 @@ impl SipThread {
                                     call: call.clone(),
                                     mobility,
                                     peer_sip,
+                                    peer_uri: from.clone(),
                                 },
                             ),
                         }
