@@ -15,6 +15,7 @@ pub mod real;
 pub mod resolve;
 pub mod sip;
 pub mod state;
+pub mod status;
 pub mod stream;
 pub mod waits;
 

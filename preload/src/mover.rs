@@ -58,6 +58,9 @@ pub struct Mobility {
     pub resent: AtomicU64,
     /// The stages of the move under way, for its log line.
     pub log: MoveLog,
+    /// The last completed move's stall (µs) and bytes resent, for status.
+    pub last_stall_us: AtomicU64,
+    pub last_resent: AtomicU64,
 }
 
 impl Mobility {
@@ -87,7 +90,18 @@ impl Mobility {
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             log: MoveLog::default(),
+            last_stall_us: AtomicU64::new(0),
+            last_resent: AtomicU64::new(0),
         }
+    }
+
+    /// A move completed: its stall and resent bytes, then the count (so a
+    /// reader that sees the count sees this move's figures).
+    fn completed(&self, stall: Duration, resent: u64) -> u64 {
+        self.last_stall_us
+            .store(stall.as_micros() as u64, Ordering::Relaxed);
+        self.last_resent.store(resent, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Release) + 1
     }
 }
 
@@ -208,7 +222,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
         match initiate_once(&stream, mob, new_ip, peer, &mut st) {
             Ok(resent) => {
                 *mob.local_ip.lock() = new_ip;
-                let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = mob.completed(st.stall, resent);
                 mob.log.resumed(
                     &mob.id,
                     Resumed {
@@ -491,7 +505,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     drop(frozen);
     let stall = frozen_at.elapsed();
     mob.resent.fetch_add(sent, Ordering::Relaxed);
-    let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = mob.completed(stall, sent);
     info!(
         "move stream={} n={n} peer_new={from} stall_ms={:.2} resent={sent} (the peer moved)",
         mob.id,

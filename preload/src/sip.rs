@@ -368,6 +368,7 @@ impl SipThread {
                                 keys,
                                 acc.caller,
                                 SocketAddr::new(self.local_ip, acc.port),
+                                from.clone(),
                             ),
                             (ChannelProto::Udp, None) => {}
                             (ChannelProto::Tcp, mobility) => crate::engine::expect_caller(
@@ -376,6 +377,7 @@ impl SipThread {
                                     call: call.clone(),
                                     mobility,
                                     peer_sip,
+                                    peer_uri: from.clone(),
                                 },
                             ),
                         }

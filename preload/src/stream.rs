@@ -15,7 +15,7 @@ use crate::real;
 use libc::{c_int, c_void, iovec, msghdr, ssize_t};
 use parking_lot::{Condvar, Mutex};
 use sipcore::ring::ReplayRing;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where the ring starts; it grows with the socket's send buffer (the
@@ -49,6 +49,31 @@ pub struct StreamIo {
     /// picked the old one up just before the move still finds it readable,
     /// so no thread can sleep on a socket that a move has taken away.
     wake: Mutex<std::sync::Arc<Wake>>,
+    /// Copies of the counters, for `wisp status`: read without the data
+    /// path's locks (a move holds those for its whole handshake).
+    stats: Stats,
+}
+
+/// Relaxed copies of what the locked sides know, stored as they change.
+#[derive(Default)]
+struct Stats {
+    tx: AtomicU64,
+    rx: AtomicU64,
+    ring_held: AtomicU64,
+    ring_capacity: AtomicU64,
+}
+
+/// The counters of a stream, as `wisp status` shows them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoStats {
+    pub tx: u64,
+    pub rx: u64,
+    pub ring_held: u64,
+    pub ring_capacity: u64,
+    /// Held still for a move (between freeze and swap).
+    pub frozen: bool,
+    /// The errno the stream now fails with (no move in time), or 0.
+    pub broken: c_int,
 }
 
 struct Wake(c_int);
@@ -197,7 +222,34 @@ impl StreamIo {
             settled: Mutex::new(()),
             settled_cv: Condvar::new(),
             wake: Mutex::new(std::sync::Arc::new(wake)),
+            stats: Stats {
+                ring_capacity: AtomicU64::new(RING_START as u64),
+                ..Stats::default()
+            },
         })
+    }
+
+    /// The stream's counters, without taking any of its locks.
+    pub fn stats(&self) -> IoStats {
+        let s = &self.stats;
+        IoStats {
+            tx: s.tx.load(Ordering::Relaxed),
+            rx: s.rx.load(Ordering::Relaxed),
+            ring_held: s.ring_held.load(Ordering::Relaxed),
+            ring_capacity: s.ring_capacity.load(Ordering::Relaxed),
+            frozen: self.moving.load(Ordering::Relaxed),
+            broken: self.broken.load(Ordering::Relaxed),
+        }
+    }
+
+    fn note_ring(&self, ring: &ReplayRing) {
+        self.stats.tx.store(ring.tx(), Ordering::Relaxed);
+        self.stats
+            .ring_held
+            .store(ring.len() as u64, Ordering::Relaxed);
+        self.stats
+            .ring_capacity
+            .store(ring.capacity() as u64, Ordering::Relaxed);
     }
 
     /// Bytes sent (accepted from the program) and received (handed to it).
@@ -330,6 +382,7 @@ impl StreamIo {
                         tx.ring.push(s);
                     })
                 };
+                self.note_ring(&tx.ring);
                 return n;
             }
             let e = errno();
@@ -370,6 +423,7 @@ impl StreamIo {
         {
             ring.grow_to(sndbuf.max(0) as usize);
         }
+        self.note_ring(ring);
     }
 
     /// recv/read/readv/recvfrom/recvmsg on a stream. MSG_WAITALL on a
@@ -430,6 +484,7 @@ impl StreamIo {
                 if !peek {
                     rx.pending_at += n;
                     rx.rx += n as u64;
+                    self.stats.rx.store(rx.rx, Ordering::Relaxed);
                     if rx.pending_at == rx.pending.len() {
                         rx.pending.clear();
                         rx.pending_at = 0;
@@ -457,6 +512,7 @@ impl StreamIo {
             if n > 0 {
                 if !peek {
                     rx.rx += n as u64;
+                    self.stats.rx.store(rx.rx, Ordering::Relaxed);
                 }
                 if let Some(m) = call.msg {
                     // SAFETY: the program's header: report what the kernel said.
