@@ -736,6 +736,9 @@ pub fn forget_call(call: &CallId) {
 
 /// The descriptor `fd` is going away (close, or dup2 over it).
 pub fn release(fd: c_int) {
+    if fdtable::borrowed() {
+        return;
+    }
     if fdtable::kind(fd) == Kind::Datagram {
         crate::datagrams::forget(fd);
     }
@@ -772,6 +775,9 @@ pub fn release(fd: c_int) {
 
 /// `new` now refers to what `old` does (dup family).
 pub fn duplicated(old: c_int, new: c_int) {
+    if fdtable::borrowed() {
+        return;
+    }
     let kind = fdtable::kind(old);
     let entry = with_table(|t| t.get(&old).cloned());
     if let Some(e) = entry {

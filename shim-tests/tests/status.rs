@@ -402,3 +402,51 @@ print("threads", sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t i
     let made: Vec<_> = std::fs::read_dir(&rt).unwrap().flatten().collect();
     assert!(made.is_empty(), "{made:?}");
 }
+
+/// Python's subprocess starts children with vfork, and the child closes
+/// every descriptor above 2 (close_range) in the parent's memory before
+/// exec: the parent's streams must survive that, listed and still moving.
+#[test]
+fn a_vfork_child_closing_descriptors_leaves_the_parents_streams() {
+    const SPAWNS: &str = r#"
+import socket, subprocess, sys, time
+a = socket.create_connection(("bob.wxyz", 7603), timeout=60)
+for _ in range(3):
+    subprocess.run(["true"], check=True)
+print("spawned", flush=True)
+n = 0
+while True:
+    a.sendall(b"ping\n")
+    got = b""
+    while len(got) < 5:
+        d = a.recv(5 - len(got))
+        if not d:
+            print("eof", flush=True)
+            sys.exit(1)
+        got += d
+    n += 1
+    print("progress", n, flush=True)
+    time.sleep(0.05)
+"#;
+    let mut w = World::new("stvfork", Proxy::Wisp);
+    let rt = runtime_dir(&w.dir);
+    let _bob = echo_server(&w, "sip:bob@wxyz.com", 7603, "bob", &rt);
+    let mut cmd = w.wisp_cmd(Node::Mobile, None, ["python3", "-u", "-c", SPAWNS]);
+    cmd.env("XDG_RUNTIME_DIR", &rt);
+    let mut client = Bg::spawn(cmd, &w.dir, "client");
+    client.wait_for("spawned", WAIT);
+    let me = pid(&client);
+    wait_status(&w, &rt, "the stream after subprocess.run", |d| {
+        process(d, me).is_some_and(|p| streams(p).len() == 1)
+    });
+    w.lab.move_mobile(MoveKind::BreakBeforeMake);
+    wait_status(&w, &rt, "the stream moved after subprocess.run", |d| {
+        process(d, me).is_some_and(|p| streams(p).len() == 1 && n(&streams(p)[0], "moves") == 1)
+    });
+    let before = client.stdout().matches("progress").count();
+    let until = Instant::now() + WAIT;
+    while client.stdout().matches("progress").count() < before + 5 {
+        assert!(Instant::now() < until, "no progress after the move");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
