@@ -236,10 +236,59 @@ unsafe fn copy_sockopts(old: c_int, new: c_int) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
         (libc::SOL_SOCKET, libc::SO_PRIORITY),
         (libc::IPPROTO_IP, libc::IP_TOS),
     ] {
         copy::<c_int>(old, new, level, name, 0);
+    }
+}
+
+/// Bound how long a movable TCP stream waits for a peer that never comes
+/// back, on the side that did not move too (the mover's WISP_MOVE_TIMEOUT
+/// only bounds the side whose address changed). Bytes unacknowledged for
+/// the move timeout end the connection (TCP_USER_TIMEOUT); an idle stream
+/// is probed after it (keepalive, unless the program set its own), so a
+/// peer gone for good ends in ETIMEDOUT within the move timeout plus three
+/// probes. A peer that moves comes back through a resume long before.
+fn bound_liveness(fd: c_int) {
+    let t = crate::state::shared().config.move_timeout;
+    let set = |level: c_int, name: c_int, v: c_int| {
+        // SAFETY: an int option on a TCP socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &v as *const c_int as *const _,
+                std::mem::size_of::<c_int>() as socklen_t,
+            )
+        };
+    };
+    let ms = t.as_millis().min(i32::MAX as u128) as c_int;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms.max(1));
+    let mut on: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: valid out pointers.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &mut on as *mut c_int as *mut _,
+            &mut len,
+        )
+    };
+    if got == 0 && on == 0 {
+        let secs = t.as_secs().clamp(1, 32767) as c_int;
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs);
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            (secs / 10).clamp(1, 10),
+        );
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+        set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     }
 }
 
@@ -491,6 +540,9 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         outgoing: true,
         ended: Default::default(),
     });
+    if proto == ChannelProto::Tcp && stream.mobility.is_some() {
+        bound_liveness(fd);
+    }
     registered(&stream);
     with_table(|t| t.insert(fd, Entry::Stream(stream)));
     // Datagrams pass the data-path hooks untouched (nothing to replay);
@@ -701,6 +753,9 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
             outgoing: false,
             ended: Default::default(),
         });
+        if stream.mobility.is_some() {
+            bound_liveness(fd);
+        }
         registered(&stream);
         with_table(|t| t.insert(fd, Entry::Stream(stream)));
         fdtable::set(fd, Kind::Stream);
