@@ -17,6 +17,7 @@
 
 pub mod e2e;
 pub mod lab;
+pub mod netem;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
