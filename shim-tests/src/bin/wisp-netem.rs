@@ -257,6 +257,10 @@ struct DirStats {
     gso: u64,
     too_big: u64,
     tx_errors: u64,
+    /// How late frames went out (sent minus due), summed and at most: the
+    /// relay's own delay on top of the emulated one.
+    late_sum: Duration,
+    late_max: Duration,
     first_tx_error: Option<String>,
     fatal: Option<String>,
 }
@@ -277,8 +281,14 @@ fn send(tx: &Port, frame: &[u8], st: &mut DirStats) {
 
 fn flush_due(model: &mut LinkModel<Vec<u8>>, tx: &Port, st: &mut DirStats) -> Instant {
     let now = Instant::now();
-    while let Some(frame) = model.pop_due(now) {
+    while let Some(due) = model.next_due().filter(|&d| d <= now) {
+        let Some(frame) = model.pop_due(now) else {
+            break;
+        };
         send(tx, &frame, st);
+        let late = now - due;
+        st.late_sum += late;
+        st.late_max = st.late_max.max(late);
     }
     now
 }
@@ -396,10 +406,21 @@ fn forward(rx: &Port, tx: &Port, cfg: &LinkConfig, stop: RawFd) -> DirStats {
 
 fn stats_line(from: &str, to: &str, s: &DirStats) -> String {
     let m = &s.model;
+    let taken = m.frames - m.lost - m.queue_full;
+    let late_mean = s.late_sum.as_secs_f64() * 1e6 / taken.max(1) as f64;
     let mut line = format!(
         "wisp-netem: {from} -> {to}: frames={} bytes={} gso={} sent={} lost={} queue_full={} \
-         too_big={} tx_errors={} max_held={}",
-        m.frames, m.bytes, s.gso, s.sent, m.lost, m.queue_full, s.too_big, s.tx_errors, m.max_held
+         too_big={} tx_errors={} max_held={} late_mean_us={late_mean:.1} late_max_us={:.1}",
+        m.frames,
+        m.bytes,
+        s.gso,
+        s.sent,
+        m.lost,
+        m.queue_full,
+        s.too_big,
+        s.tx_errors,
+        m.max_held,
+        s.late_max.as_secs_f64() * 1e6
     );
     if let Some(e) = &s.first_tx_error {
         line += &format!(" (first tx error: {e})");
