@@ -50,9 +50,16 @@ import socket, sys, time
 a = socket.create_connection(("bob.wxyz", 7601), timeout=60)
 b = socket.create_connection(("fred", 7602), timeout=60)
 print("connected", flush=True)
-n = 0
-while True:
-    for s in (a, b):
+ping_forever((a, b))
+"#;
+
+/// Python: a ping on each socket, its echo read back, 20 times a second.
+const PING_FOREVER: &str = r#"
+import sys, time
+def ping_forever(socks):
+  n = 0
+  while True:
+    for s in socks:
         s.sendall(b"ping\n")
         got = b""
         while len(got) < 5:
@@ -65,6 +72,11 @@ while True:
     print("progress", n, flush=True)
     time.sleep(0.05)
 "#;
+
+/// A Python program: [`PING_FOREVER`] and then `body`.
+fn with_ping(body: &str) -> String {
+    format!("{PING_FOREVER}\n{body}")
+}
 
 /// The runtime directory every process of a test shares.
 fn runtime_dir(dir: &TempDir) -> PathBuf {
@@ -167,7 +179,11 @@ fn lists_streams_and_follows_a_move() {
     let rt = runtime_dir(&w.dir);
     let bob = echo_server(&w, "sip:bob@wxyz.com", 7601, "bob", &rt);
     let fred = echo_server(&w, "sip:fred@abcd.com", 7602, "fred", &rt);
-    let mut cmd = w.wisp_cmd(Node::Mobile, None, ["python3", "-u", "-c", TWO_STREAMS]);
+    let mut cmd = w.wisp_cmd(
+        Node::Mobile,
+        None,
+        ["python3", "-u", "-c", with_ping(TWO_STREAMS).as_str()],
+    );
     cmd.env("XDG_RUNTIME_DIR", &rt);
     let mut client = Bg::spawn(cmd, &w.dir, "client");
     client.wait_for("connected", WAIT);
@@ -414,24 +430,16 @@ a = socket.create_connection(("bob.wxyz", 7603), timeout=60)
 for _ in range(3):
     subprocess.run(["true"], check=True)
 print("spawned", flush=True)
-n = 0
-while True:
-    a.sendall(b"ping\n")
-    got = b""
-    while len(got) < 5:
-        d = a.recv(5 - len(got))
-        if not d:
-            print("eof", flush=True)
-            sys.exit(1)
-        got += d
-    n += 1
-    print("progress", n, flush=True)
-    time.sleep(0.05)
+ping_forever((a,))
 "#;
     let mut w = World::new("stvfork", Proxy::Wisp);
     let rt = runtime_dir(&w.dir);
     let _bob = echo_server(&w, "sip:bob@wxyz.com", 7603, "bob", &rt);
-    let mut cmd = w.wisp_cmd(Node::Mobile, None, ["python3", "-u", "-c", SPAWNS]);
+    let mut cmd = w.wisp_cmd(
+        Node::Mobile,
+        None,
+        ["python3", "-u", "-c", with_ping(SPAWNS).as_str()],
+    );
     cmd.env("XDG_RUNTIME_DIR", &rt);
     let mut client = Bg::spawn(cmd, &w.dir, "client");
     client.wait_for("spawned", WAIT);
