@@ -7,6 +7,7 @@
 //! `run(&Ctx) -> Vec<Row>`, so they can be run alone while working on one
 //! figure (`wisp-bench startup`).
 
+pub mod fdcost;
 pub mod report;
 pub mod startup;
 
@@ -20,8 +21,15 @@ pub struct Section {
 }
 
 /// Every section, in the order the table shows them.
-pub const SECTIONS: &[Section] = &[Section {
-    name: "startup",
-    about: "start-up cost of the preloaded library when no wisp name is used",
-    run: startup::run,
-}];
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "startup",
+        about: "start-up cost of the preloaded library when no wisp name is used",
+        run: startup::run,
+    },
+    Section {
+        name: "fdcost",
+        about: "added cost per call on descriptors that are not wisp streams",
+        run: fdcost::run,
+    },
+];
