@@ -8,6 +8,7 @@
 //! figure (`wisp-bench startup`).
 
 pub mod fdcost;
+pub mod memory;
 pub mod report;
 pub mod startup;
 
@@ -31,5 +32,10 @@ pub const SECTIONS: &[Section] = &[
         name: "fdcost",
         about: "added cost per call on descriptors that are not wisp streams",
         run: fdcost::run,
+    },
+    Section {
+        name: "memory",
+        about: "resident memory per wisp stream, idle and sending",
+        run: memory::run,
     },
 ];
