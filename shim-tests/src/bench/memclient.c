@@ -1,8 +1,9 @@
 /* The memory section's client (shim-tests/src/bench/memory.rs): one
- * process that opens N TCP connections to HOST:PORT and reports its own
+ * process that opens TCP connections to HOST:PORT and reports its own
  * resident memory as it goes. Compiled at bench time with `cc -O2`.
  *
- *   memclient HOST PORT N LOADED
+ *   memclient hold HOST PORT N LOADED
+ *   memclient stream HOST PORT N SECONDS
  *
  * HOST is a wisp name (libwisp.so preloaded: every connection is a wisp
  * stream) or an address (plain TCP, the baseline). Output, one "key value"
@@ -12,11 +13,12 @@
  *   rss1        ... after the first connection
  *   rssN        ... with all N connections open and idle
  *   connect_ms  time to open the N connections
- *   rss_loaded  ... after the first LOADED connections were filled: each
- *               is sent to until the kernel (or the library) takes no
- *               more, the peer never reading, so every sent byte the peer
- *               has not acknowledged is held (by the library: its replay
- *               ring)
+ * hold: the first LOADED connections are sent to until the kernel (or the
+ * library) takes no more, the peer never reading, so every byte the peer
+ * has not acknowledged is held (by the library too: its replay ring);
+ * stream: all N are sent to for SECONDS as fast as they take it, the peer
+ * reading everything. Then
+ *   rss_loaded  KiB resident at the end of that
  *   sent        bytes accepted per loaded connection (mean)
  *   sndbuf      SO_SNDBUF of the loaded connections (mean, bytes)
  *   outq        unacknowledged bytes in their send queues (mean, SIOCOUTQ)
@@ -25,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +63,14 @@ static void pause_ms(int ms) {
 static char chunk[65536];
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: memclient HOST PORT N LOADED\n");
+    if (argc != 6 || (strcmp(argv[1], "hold") && strcmp(argv[1], "stream"))) {
+        fprintf(stderr, "usage: memclient hold|stream HOST PORT N LOADED|SECONDS\n");
         return 2;
     }
-    int n = atoi(argv[3]), loaded = atoi(argv[4]);
+    int streaming = strcmp(argv[1], "stream") == 0;
+    argv++;
+    int n = atoi(argv[3]), loaded = streaming ? n : atoi(argv[4]);
+    int seconds = streaming ? atoi(argv[4]) : 0;
     if (n < 2 || loaded < 0 || loaded > n) {
         fprintf(stderr, "memclient: bad counts\n");
         return 2;
@@ -109,25 +115,44 @@ int main(int argc, char **argv) {
     long long sent = 0;
     for (int i = 0; i < loaded; i++)
         fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
-    /* Passes until none takes a byte more: the first EAGAIN can come while
-     * acknowledgements are still on their way. */
-    for (int pass = 0; pass < 100; pass++) {
-        long long this_pass = 0;
-        for (int i = 0; i < loaded; i++) {
-            for (;;) {
+    if (streaming) {
+        /* Send on every connection as fast as each takes it. */
+        struct pollfd *p = calloc(n, sizeof *p);
+        for (int i = 0; i < n; i++) p[i] = (struct pollfd){fds[i], POLLOUT, 0};
+        double end = now_ms() + seconds * 1e3;
+        while (now_ms() < end) {
+            if (poll(p, n, 100) < 0 && errno != EINTR) { perror("poll"); return 1; }
+            for (int i = 0; i < n; i++) {
+                if (!(p[i].revents & POLLOUT)) continue;
                 ssize_t k = send(fds[i], chunk, sizeof chunk, 0);
-                if (k > 0) {
-                    this_pass += k;
-                    continue;
+                if (k > 0) sent += k;
+                else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                    fprintf(stderr, "memclient: send: %s\n", strerror(errno));
+                    return 1;
                 }
-                if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-                fprintf(stderr, "memclient: send: %s\n", k < 0 ? strerror(errno) : "0");
-                return 1;
             }
         }
-        sent += this_pass;
-        if (this_pass == 0 && pass > 0) break;
-        pause_ms(50);
+    } else {
+        /* Passes until none takes a byte more: the first EAGAIN can come
+         * while acknowledgements are still on their way. */
+        for (int pass = 0; pass < 100; pass++) {
+            long long this_pass = 0;
+            for (int i = 0; i < loaded; i++) {
+                for (;;) {
+                    ssize_t k = send(fds[i], chunk, sizeof chunk, 0);
+                    if (k > 0) {
+                        this_pass += k;
+                        continue;
+                    }
+                    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+                    fprintf(stderr, "memclient: send: %s\n", k < 0 ? strerror(errno) : "0");
+                    return 1;
+                }
+            }
+            sent += this_pass;
+            if (this_pass == 0 && pass > 0) break;
+            pause_ms(50);
+        }
     }
     long long sndbuf = 0, outq = 0;
     for (int i = 0; i < loaded; i++) {
