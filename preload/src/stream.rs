@@ -190,6 +190,21 @@ unsafe fn for_each_slice(iov: *const iovec, count: usize, n: usize, mut f: impl 
     }
 }
 
+/// Before the ring's storage grows, drop what the peer's TCP has
+/// acknowledged, so the storage follows the unacknowledged bytes (at most
+/// one send buffer) rather than everything sent since the ring last filled:
+/// a stream that sends a lot to a peer that keeps up then holds little.
+/// Called after `sent` more bytes went into the socket and before they are
+/// pushed: SIOCOUTQ counts them already.
+fn trim_acked(fd: c_int, ring: &mut ReplayRing, sent: usize) {
+    let mut outq: c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
+        let acked = (ring.tx() + sent as u64).saturating_sub(outq as u64);
+        ring.trim_to(acked.min(ring.tx()));
+    }
+}
+
 /// A send-family call, reduced to what the data path needs.
 pub struct SendCall<'a> {
     pub iov: &'a [iovec],
@@ -377,6 +392,9 @@ impl StreamIo {
             // SAFETY: msg points at live iovecs and the program's buffers.
             let n = unsafe { real::sendmsg(fd, &msg, call.flags | libc::MSG_DONTWAIT) };
             if n > 0 {
+                if tx.ring.len() + n as usize > tx.ring.reserved() {
+                    trim_acked(fd, &mut tx.ring, n as usize);
+                }
                 unsafe {
                     for_each_slice(iov.as_ptr(), iov.len(), n as usize, |s| {
                         tx.ring.push(s);

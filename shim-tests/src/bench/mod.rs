@@ -7,6 +7,8 @@
 //! `run(&Ctx) -> Vec<Row>`, so they can be run alone while working on one
 //! figure (`wisp-bench startup`).
 
+pub mod fdcost;
+pub mod memory;
 pub mod report;
 pub mod startup;
 
@@ -20,8 +22,20 @@ pub struct Section {
 }
 
 /// Every section, in the order the table shows them.
-pub const SECTIONS: &[Section] = &[Section {
-    name: "startup",
-    about: "start-up cost of the preloaded library when no wisp name is used",
-    run: startup::run,
-}];
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "startup",
+        about: "start-up cost of the preloaded library when no wisp name is used",
+        run: startup::run,
+    },
+    Section {
+        name: "fdcost",
+        about: "added cost per call on descriptors that are not wisp streams",
+        run: fdcost::run,
+    },
+    Section {
+        name: "memory",
+        about: "resident memory per wisp stream, idle and sending",
+        run: memory::run,
+    },
+];
