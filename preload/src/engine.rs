@@ -30,6 +30,29 @@ pub struct Stream {
     /// The process that made the dialog; a forked child closing its copy
     /// of the descriptor must not hang up its parent's call.
     pub owner: u32,
+    /// Who the stream is with, as named (for `wisp status`).
+    pub peer: PeerName,
+    /// We dialled (connect by name), rather than answered.
+    pub outgoing: bool,
+    /// The peer ended the dialog (BYE) while the program still holds the
+    /// descriptor.
+    pub ended: std::sync::atomic::AtomicBool,
+}
+
+/// The peer of a stream as names go: its SIP URI and the map name the
+/// program used for it (for a caller, the map's name of its URI, if any).
+#[derive(Clone, Debug, Default)]
+pub struct PeerName {
+    pub uri: String,
+    pub name: Option<String>,
+}
+
+impl PeerName {
+    /// The peer of an answered stream: the caller's URI, and its map name.
+    fn caller(uri: String) -> PeerName {
+        let name = crate::state::shared().names.name_of_uri(&uri);
+        PeerName { uri, name }
+    }
 }
 
 impl Stream {
@@ -78,6 +101,8 @@ pub struct Expected {
     pub call: CallId,
     pub mobility: Option<Keys>,
     pub peer_sip: Option<SocketAddr>,
+    /// The caller's URI (From).
+    pub peer_uri: String,
 }
 
 /// The stream key and id agreed in the offer/answer.
@@ -90,7 +115,10 @@ pub struct Keys {
 /// descriptors owns them.
 static MOBILE: Mutex<Vec<std::sync::Weak<Stream>>> = Mutex::new(Vec::new());
 
-fn register_mobile(s: &Arc<Stream>) {
+/// A new stream of this process: the status socket comes up with the
+/// first, and a movable one joins the movers' list.
+fn registered(s: &Arc<Stream>) {
+    crate::status::ensure();
     if s.mobility.is_some() {
         let mut m = MOBILE.lock();
         m.retain(|w| w.strong_count() > 0);
@@ -208,10 +236,59 @@ unsafe fn copy_sockopts(old: c_int, new: c_int) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
         (libc::SOL_SOCKET, libc::SO_PRIORITY),
         (libc::IPPROTO_IP, libc::IP_TOS),
     ] {
         copy::<c_int>(old, new, level, name, 0);
+    }
+}
+
+/// Bound how long a movable TCP stream waits for a peer that never comes
+/// back, on the side that did not move too (the mover's WISP_MOVE_TIMEOUT
+/// only bounds the side whose address changed). Bytes unacknowledged for
+/// the move timeout end the connection (TCP_USER_TIMEOUT); an idle stream
+/// is probed after it (keepalive, unless the program set its own), so a
+/// peer gone for good ends in ETIMEDOUT within the move timeout plus three
+/// probes. A peer that moves comes back through a resume long before.
+fn bound_liveness(fd: c_int) {
+    let t = crate::state::shared().config.move_timeout;
+    let set = |level: c_int, name: c_int, v: c_int| {
+        // SAFETY: an int option on a TCP socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &v as *const c_int as *const _,
+                std::mem::size_of::<c_int>() as socklen_t,
+            )
+        };
+    };
+    let ms = t.as_millis().min(i32::MAX as u128) as c_int;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms.max(1));
+    let mut on: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: valid out pointers.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &mut on as *mut c_int as *mut _,
+            &mut len,
+        )
+    };
+    if got == 0 && on == 0 {
+        let secs = t.as_secs().clamp(1, 32767) as c_int;
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs);
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            (secs / 10).clamp(1, 10),
+        );
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+        set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     }
 }
 
@@ -354,6 +431,15 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         .entry(index)
         .map(|e| e.uri.clone())
         .unwrap_or_default();
+    let peer_name = PeerName {
+        uri: uri.clone(),
+        name: resolve::name_used(index).or_else(|| {
+            shared
+                .names
+                .entry(index)
+                .and_then(|e| e.names.first().cloned())
+        }),
+    };
     let proto = match sock_type(fd) {
         libc::SOCK_STREAM => ChannelProto::Tcp,
         libc::SOCK_DGRAM => ChannelProto::Udp,
@@ -450,8 +536,14 @@ pub fn connect(fd: c_int, placeholder: SocketAddr) -> c_int {
         mobility,
         peer_seen: Some(placeholder),
         owner: std::process::id(),
+        peer: peer_name,
+        outgoing: true,
+        ended: Default::default(),
     });
-    register_mobile(&stream);
+    if proto == ChannelProto::Tcp && stream.mobility.is_some() {
+        bound_liveness(fd);
+    }
+    registered(&stream);
     with_table(|t| t.insert(fd, Entry::Stream(stream)));
     // Datagrams pass the data-path hooks untouched (nothing to replay);
     // the table entry is what lets a peer's move re-point the socket.
@@ -557,7 +649,13 @@ pub fn after_bind(fd: c_int) {
 static ANSWERED_DATAGRAMS: Mutex<Vec<Arc<Stream>>> = Mutex::new(Vec::new());
 
 /// The SIP thread answered a datagram channel: keep what moving it needs.
-pub fn answered_datagram(call: CallId, keys: Keys, peer: SocketAddr, local: SocketAddr) {
+pub fn answered_datagram(
+    call: CallId,
+    keys: Keys,
+    peer: SocketAddr,
+    local: SocketAddr,
+    peer_uri: String,
+) {
     let Ok(io) = crate::stream::StreamIo::new() else {
         return;
     };
@@ -577,8 +675,11 @@ pub fn answered_datagram(call: CallId, keys: Keys, peer: SocketAddr, local: Sock
         mobility: Some(mob),
         peer_seen: None,
         owner: std::process::id(),
+        peer: PeerName::caller(peer_uri),
+        outgoing: false,
+        ended: Default::default(),
     });
-    register_mobile(&stream);
+    registered(&stream);
     ANSWERED_DATAGRAMS.lock().push(stream);
 }
 
@@ -625,6 +726,7 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
         call,
         mobility,
         peer_sip,
+        peer_uri,
     }) = expected
     {
         debug!("accepted {peer} on fd {fd}: call {call}");
@@ -647,8 +749,14 @@ pub fn after_accept(listen_fd: c_int, fd: c_int) {
             mobility,
             peer_seen: None,
             owner: std::process::id(),
+            peer: PeerName::caller(peer_uri),
+            outgoing: false,
+            ended: Default::default(),
         });
-        register_mobile(&stream);
+        if stream.mobility.is_some() {
+            bound_liveness(fd);
+        }
+        registered(&stream);
         with_table(|t| t.insert(fd, Entry::Stream(stream)));
         fdtable::set(fd, Kind::Stream);
     }
@@ -670,6 +778,12 @@ pub fn forget_call(call: &CallId) {
     if let Some(m) = EXPECTED.lock().as_mut() {
         m.retain(|_, e| e.call != *call);
     }
+    let (streams, _) = snapshot(usize::MAX);
+    for (s, _) in streams {
+        if s.call.lock().as_ref() == Some(call) {
+            s.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     ANSWERED_DATAGRAMS
         .lock()
         .retain(|s| s.mobility.as_ref().is_none_or(|m| m.call_id != *call));
@@ -677,6 +791,9 @@ pub fn forget_call(call: &CallId) {
 
 /// The descriptor `fd` is going away (close, or dup2 over it).
 pub fn release(fd: c_int) {
+    if fdtable::borrowed() {
+        return;
+    }
     if fdtable::kind(fd) == Kind::Datagram {
         crate::datagrams::forget(fd);
     }
@@ -713,12 +830,64 @@ pub fn release(fd: c_int) {
 
 /// `new` now refers to what `old` does (dup family).
 pub fn duplicated(old: c_int, new: c_int) {
+    if fdtable::borrowed() {
+        return;
+    }
     let kind = fdtable::kind(old);
     let entry = with_table(|t| t.get(&old).cloned());
     if let Some(e) = entry {
         with_table(|t| t.insert(new, e));
         fdtable::set(new, kind);
     }
+}
+
+/// A stream and the descriptors that name it (none for an answered
+/// datagram dialog).
+pub type StreamFds = (Arc<Stream>, Vec<c_int>);
+
+/// Every stream of this process (at most `max`, lowest descriptor first)
+/// with its descriptors, and how many there are in all. The table's lock is
+/// held only to copy references out; the streams are read after.
+pub fn snapshot(max: usize) -> (Vec<StreamFds>, usize) {
+    let mut all: Vec<StreamFds> = Vec::new();
+    with_table(|t| {
+        let mut by_ptr: HashMap<*const Stream, usize> = HashMap::new();
+        for (fd, e) in t.iter() {
+            if let Entry::Stream(s) = e {
+                match by_ptr.get(&Arc::as_ptr(s)) {
+                    Some(&i) => all[i].1.push(*fd),
+                    None => {
+                        by_ptr.insert(Arc::as_ptr(s), all.len());
+                        all.push((s.clone(), vec![*fd]));
+                    }
+                }
+            }
+        }
+    });
+    for (_, fds) in &mut all {
+        fds.sort_unstable();
+    }
+    all.sort_by_key(|(_, fds)| fds[0]);
+    // Answered datagram dialogs have no descriptor of their own.
+    for s in ANSWERED_DATAGRAMS.lock().iter() {
+        if !all.iter().any(|(a, _)| Arc::ptr_eq(a, s)) {
+            all.push((s.clone(), Vec::new()));
+        }
+    }
+    let total = all.len();
+    all.truncate(max);
+    (all, total)
+}
+
+/// The real (peer, local) addresses of a descriptor's socket.
+pub fn addresses(fd: c_int) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    (sock_name(fd, true), sock_name(fd, false))
+}
+
+/// Does `fd` still name `stream`? (A descriptor read outside the table's
+/// lock may have been closed and reused meanwhile.)
+pub fn still_names(fd: c_int, stream: &Arc<Stream>) -> bool {
+    with_table(|t| matches!(t.get(&fd), Some(Entry::Stream(s)) if Arc::ptr_eq(s, stream)))
 }
 
 /// The stream behind a descriptor, for the data-path hooks.

@@ -5,7 +5,7 @@
 //! signal handler or a vfork child. Descriptors past the table are never
 //! managed (we refuse to take them over rather than slow everyone down).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 pub const MAX_FD: usize = 65536;
 
@@ -40,8 +40,40 @@ pub fn is_managed(fd: i32) -> bool {
         .is_some_and(|k| k.load(Ordering::Acquire) != 0)
 }
 
+/// The process whose descriptors the table describes. A vfork child (and
+/// posix_spawn's, and a `clone(CLONE_VM)` child) shares our memory but not
+/// our descriptors: when it closes or dup2()s descriptors before exec,
+/// as python's subprocess does with close_range, the table must not change,
+/// or the parent would forget its streams. fork() children get their own
+/// copy of memory and say so through the atfork handler.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forked_child() {
+    // SAFETY: getpid has no preconditions.
+    OWNER.store(unsafe { libc::getpid() }, Ordering::Release);
+}
+
+/// Whether this is a process that only borrows the table's memory (a vfork
+/// child): changes to descriptors here are not changes to ours. Costs a
+/// getpid() only when the table holds something.
+pub fn borrowed() -> bool {
+    let owner = OWNER.load(Ordering::Acquire);
+    // SAFETY: getpid has no preconditions.
+    owner != 0 && owner != unsafe { libc::getpid() }
+}
+
+fn own() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        forked_child();
+        // SAFETY: a plain function pointer; registered once.
+        unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    });
+}
+
 /// Returns false when `fd` is past the table.
 pub fn set(fd: i32, kind: Kind) -> bool {
+    own();
     match TABLE.get(fd as usize) {
         Some(slot) => {
             slot.store(kind as u8, Ordering::Release);

@@ -446,6 +446,41 @@ use libc::{
     size_t, ssize_t, timespec, timeval,
 };
 
+/// The data-path hooks, each split in two: the exported function is the
+/// fast path, where a descriptor the table does not know (anything but a
+/// wisp stream, listener or datagram socket) goes straight to libc before
+/// anything else is looked at: a bounds check, one load, and a tail call,
+/// with no stack frame. Everything else is in `managed_<name>`, kept out
+/// of line so its frame and spills never reach the fast path (extern "C",
+/// so the call to it is a tail call too: the hooks catch panics inside).
+macro_rules! data_hooks {
+    ($($name:ident => $managed:ident, $fd:ident: fn($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($a: $t),*) -> $r {
+                if !fdtable::is_managed($fd) {
+                    return unsafe { real::$name($($a),*) };
+                }
+                unsafe { $managed($($a),*) }
+            }
+        )*
+    };
+}
+
+data_hooks! {
+    read => managed_read, fd: fn(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write => managed_write, fd: fn(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv => managed_readv, fd: fn(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    writev => managed_writev, fd: fn(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    recv => managed_recv, fd: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    send => managed_send, fd: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    recvfrom => managed_recvfrom, fd: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    recvmsg => managed_recvmsg, fd: fn(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg => managed_sendmsg, fd: fn(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    sendfile => managed_sendfile, out: fn(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
+    sendfile64 => managed_sendfile64, out: fn(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t;
+}
+
 /// The iovec list of a msghdr.
 ///
 /// # Safety
@@ -506,16 +541,16 @@ unsafe fn datagram_send(
     Some(guard(what, -1, || crate::datagrams::send(fd, data, flags)))
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     match stream_of(fd) {
         Some(s) => recv_io("read", &s, fd, &[one(buf, n)], None, 0),
         None => unsafe { real::read(fd, buf, n) },
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     if let Some(rc) = unsafe { datagram_send("write", fd, buf, n, 0) } {
         return rc;
     }
@@ -525,8 +560,8 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) if n >= 0 && !iov.is_null() => {
             let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
@@ -536,8 +571,8 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) if n >= 0 && !iov.is_null() => {
             let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
@@ -547,16 +582,21 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) => recv_io("recv", &s, fd, &[one(buf, n)], None, flags),
         None => unsafe { real::recv(fd, buf, n, flags) },
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_send(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+) -> ssize_t {
     if let Some(rc) = unsafe { datagram_send("send", fd, buf, n, flags) } {
         return rc;
     }
@@ -566,8 +606,8 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn recvfrom(
+#[inline(never)]
+unsafe extern "C" fn managed_recvfrom(
     fd: c_int,
     buf: *mut c_void,
     n: size_t,
@@ -587,8 +627,8 @@ pub unsafe extern "C" fn recvfrom(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) if !msg.is_null() => {
             let m = unsafe { &*msg };
@@ -599,8 +639,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     match stream_of(fd) {
         Some(s) if !msg.is_null() => {
             let m = unsafe { &*msg };
@@ -650,16 +690,26 @@ unsafe fn sendfile_common(
     sent
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_sendfile(
+    out: c_int,
+    inp: c_int,
+    off: *mut off_t,
+    n: size_t,
+) -> ssize_t {
     match stream_of(out) {
         Some(s) => unsafe { sendfile_common(out, inp, off, n, &s) },
         None => unsafe { real::sendfile(out, inp, off, n) },
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+#[inline(never)]
+unsafe extern "C" fn managed_sendfile64(
+    out: c_int,
+    inp: c_int,
+    off: *mut off_t,
+    n: size_t,
+) -> ssize_t {
     match stream_of(out) {
         Some(s) => unsafe { sendfile_common(out, inp, off, n, &s) },
         None => unsafe { real::sendfile64(out, inp, off, n) },

@@ -7,6 +7,7 @@ pub mod config;
 pub mod datagrams;
 pub mod engine;
 pub mod fdtable;
+pub mod movelog;
 pub mod mover;
 pub mod names;
 pub mod netwatch;
@@ -14,6 +15,7 @@ pub mod real;
 pub mod resolve;
 pub mod sip;
 pub mod state;
+pub mod status;
 pub mod stream;
 pub mod waits;
 

@@ -9,13 +9,14 @@
 //! descriptors. See ARCHITECTURE.md, "Moves".
 
 use crate::engine::{self, Stream};
+use crate::movelog::{MoveLog, Resumed};
 use crate::real;
 use libc::c_int;
 use parking_lot::Mutex;
 use sipcore::ids::StreamId;
 use sipcore::keys::{MoveCounter, StreamKey};
-use sipcore::resume::{self, Initiator, Msg, Resend};
-use std::io::{Read, Write};
+use sipcore::resume::{self, Initiator, Msg, Resend, INIT_LEN};
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,11 @@ pub struct Mobility {
     /// Completed moves and bytes resent, for the log and status.
     pub moves: AtomicU64,
     pub resent: AtomicU64,
+    /// The stages of the move under way, for its log line.
+    pub log: MoveLog,
+    /// The last completed move's stall (µs) and bytes resent, for status.
+    pub last_stall_us: AtomicU64,
+    pub last_resent: AtomicU64,
 }
 
 impl Mobility {
@@ -83,7 +89,19 @@ impl Mobility {
             mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
+            log: MoveLog::default(),
+            last_stall_us: AtomicU64::new(0),
+            last_resent: AtomicU64::new(0),
         }
+    }
+
+    /// A move completed: its stall and resent bytes, then the count (so a
+    /// reader that sees the count sees this move's figures).
+    fn completed(&self, stall: Duration, resent: u64) -> u64 {
+        self.last_stall_us
+            .store(stall.as_micros() as u64, Ordering::Relaxed);
+        self.last_resent.store(resent, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Release) + 1
     }
 }
 
@@ -167,30 +185,32 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// Timeline of one move, for its log line: from detection (`start`).
-struct Timeline {
-    start: Instant,
-    connected: Option<Duration>,
-    answered: Option<Duration>,
+/// When the stages of one attempt finished, for the move's log line.
+#[derive(Default)]
+struct Stamps {
+    tcp_up: Option<Instant>,
+    first_resent: Option<Instant>,
+    ack: Option<Instant>,
     /// How long the program's calls were held (freeze to swap).
-    stall: Option<Duration>,
+    stall: Duration,
 }
 
-/// This side moved to `new_ip`: resume every byte on a new connection to
-/// the peer. Retries until `deadline` (the peer may be moving too, and its
-/// new address arrives with its re-INVITE).
+/// This side moved: resume every byte on a new connection to the peer,
+/// from whatever address the routes pick. Retries until `deadline` (the
+/// peer may be moving too, and its new address arrives with its
+/// re-INVITE); while the host has no route it waits for the next netlink
+/// event rather than a timer, so it dials the moment the new route exists.
 pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
     let Some(mob) = stream.mobility.as_ref() else {
         return;
     };
-    let detected = Instant::now();
     let old_ip = *mob.local_ip.lock();
     let mut attempt = 0u32;
+    let mut seen = crate::sip::net_epoch();
     while Instant::now() < deadline {
-        // Where the routes send us now; none while the host is offline.
         let peer_data = *mob.peer_data.lock();
         let Some(new_ip) = crate::sip::route_ip(peer_data) else {
-            std::thread::sleep(Duration::from_millis(20));
+            seen = crate::sip::wait_net_change(seen, Duration::from_millis(100));
             continue;
         };
         let Some(peer) = *mob.peer_sip.lock() else {
@@ -198,24 +218,25 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
             continue;
         };
         attempt += 1;
-        let mut t = Timeline {
-            start: detected,
-            connected: None,
-            answered: None,
-            stall: None,
-        };
-        match initiate_once(&stream, mob, new_ip, peer, &mut t) {
+        let mut st = Stamps::default();
+        match initiate_once(&stream, mob, new_ip, peer, &mut st) {
             Ok(resent) => {
                 *mob.local_ip.lock() = new_ip;
-                let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
-                let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1000.0;
-                info!(
-                    "move stream={} n={n} old={old_ip} new={new_ip} peer={peer} tcp_up_ms={:.2} resume_ack_ms={:.2} stall_ms={:.2} done_ms={:.2} resent={resent} attempts={attempt}",
-                    mob.id,
-                    ms(t.connected),
-                    ms(t.answered),
-                    ms(t.stall),
-                    ms(Some(t.start.elapsed())),
+                let n = mob.completed(st.stall, resent);
+                mob.log.resumed(
+                    &mob.id,
+                    Resumed {
+                        n,
+                        old: old_ip,
+                        new: new_ip,
+                        peer,
+                        tcp_up: st.tcp_up,
+                        first_resent: st.first_resent,
+                        ack: st.ack,
+                        stall: st.stall,
+                        resent,
+                        attempts: attempt,
+                    },
                 );
                 mob.mover_running.store(false, Ordering::Release);
                 return;
@@ -242,10 +263,10 @@ fn initiate_once(
     mob: &Mobility,
     new_ip: IpAddr,
     peer: SocketAddr,
-    t: &mut Timeline,
+    st: &mut Stamps,
 ) -> Result<u64, String> {
     let sock = dial(new_ip, peer, HANDSHAKE).map_err(|e| format!("connect: {e}"))?;
-    t.connected = Some(t.start.elapsed());
+    st.tcp_up = Some(Instant::now());
     set_timeouts(&sock, HANDSHAKE);
     let _one = mob
         .lock
@@ -257,63 +278,94 @@ fn initiate_once(
         .ok_or("the stream has no descriptor")?;
     let frozen_at = Instant::now();
     let mut frozen = stream.io.freeze(fd);
+    // What the old connection saw acknowledged the peer has (its freeze
+    // drains it): resend the rest at once, without waiting for its Ack.
+    frozen.trim_acked(fd);
+    let from = frozen.ring().start();
     let counter = mob.resume_sent.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx());
-    (&sock)
-        .write_all(&ini.init())
-        .map_err(|e| format!("send Init: {e}"))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got: Vec<u8> = Vec::new();
-    let resend: Resend = loop {
-        let n = (&sock)
-            .read(&mut buf)
-            .map_err(|e| format!("read Ack: {e}"))?;
-        if n == 0 {
-            return Err("peer closed before its Ack (refused)".into());
-        }
-        got.extend_from_slice(&buf[..n]);
-        let mut input: &[u8] = &got;
-        if let Some(r) = ini.push(&mut input, frozen.ring()) {
-            let rest = input.to_vec();
-            got = rest;
-            break r.map_err(|e| format!("Ack: {e}"))?;
-        }
-        got.clear();
-    };
-    t.answered = Some(t.start.elapsed());
-    frozen.push_pending(&got);
-    let sent = exchange(&sock, &mut frozen, resend)?;
+    let ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx(), from);
+    let mut out = ini.init().to_vec();
+    let (a, b) = frozen
+        .ring()
+        .slice_from(from)
+        .map_err(|e| format!("ring: {e}"))?;
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    let mut inbound = Inbound::Ack(Box::new(ini));
+    exchange(&sock, &mut frozen, &out, INIT_LEN, &mut inbound, st)?;
     engine::swap(stream, sock.into_raw_fd());
     drop(frozen);
-    t.stall = Some(frozen_at.elapsed());
+    st.stall = frozen_at.elapsed();
+    let sent = (out.len() - INIT_LEN) as u64;
     mob.resent.fetch_add(sent, Ordering::Relaxed);
     Ok(sent)
 }
 
-/// Resend `plan` from the ring on `sock`, reading whatever the peer resends
-/// meanwhile into the program's pending bytes: both sides resend at once,
-/// and a side that only wrote could fill both socket buffers and stall.
+/// What the new connection brings before the stream's own bytes.
+enum Inbound {
+    /// The initiator waits for the responder's Ack.
+    Ack(Box<Initiator>),
+    /// The responder drops this many more of the initiator's resent bytes:
+    /// it had them already.
+    Skip(u64),
+}
+
+impl Inbound {
+    fn done(&self) -> bool {
+        matches!(self, Inbound::Skip(0))
+    }
+
+    /// Take `bytes` off the new connection: handshake and overlap are
+    /// consumed here, stream bytes go to the program's pending bytes.
+    fn take(
+        &mut self,
+        mut bytes: &[u8],
+        frozen: &mut crate::stream::Frozen<'_>,
+        st: &mut Stamps,
+    ) -> Result<(), String> {
+        if let Inbound::Ack(ini) = self {
+            let Some(r) = ini.push(&mut bytes, frozen.ring()) else {
+                return Ok(());
+            };
+            r.map_err(|e| format!("Ack: {e}"))?;
+            st.ack = Some(Instant::now());
+            *self = Inbound::Skip(0);
+        }
+        if let Inbound::Skip(left) = self {
+            let drop = (*left).min(bytes.len() as u64) as usize;
+            *left -= drop as u64;
+            frozen.push_pending(&bytes[drop..]);
+        }
+        Ok(())
+    }
+}
+
+/// Write `out` (our handshake message, then our resent stream from byte
+/// `hs_len` on) while reading what the peer sends: its handshake message,
+/// the overlap to drop, and its own resent bytes, which go to the
+/// program's pending bytes. Both sides resend at once, and a side that only
+/// wrote could fill both socket buffers and stall. Returns when all of
+/// `out` is written and the handshake is complete.
 fn exchange(
     sock: &TcpStream,
     frozen: &mut crate::stream::Frozen<'_>,
-    plan: Resend,
-) -> Result<u64, String> {
-    let (a, b) = frozen
-        .ring()
-        .slice_from(plan.from)
-        .map_err(|e| format!("ring: {e}"))?;
-    let out: Vec<u8> = [a, b].concat();
+    out: &[u8],
+    hs_len: usize,
+    inbound: &mut Inbound,
+    st: &mut Stamps,
+) -> Result<(), String> {
     let fd = sock.as_raw_fd();
     let mut off = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while off < out.len() {
+    while off < out.len() || !inbound.done() {
         if Instant::now() > deadline {
             return Err("resend did not finish".into());
         }
+        let want_out = off < out.len();
         let mut p = libc::pollfd {
             fd,
-            events: libc::POLLOUT | libc::POLLIN,
+            events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
             revents: 0,
         };
         // SAFETY: one valid pollfd.
@@ -322,11 +374,14 @@ fn exchange(
             // SAFETY: our buffer.
             let n =
                 unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n == 0 {
+                return Err("peer closed the new connection (refused)".into());
+            }
             if n > 0 {
-                frozen.push_pending(&buf[..n as usize]);
+                inbound.take(&buf[..n as usize], frozen, st)?;
             }
         }
-        if p.revents & libc::POLLOUT != 0 {
+        if want_out && p.revents & libc::POLLOUT != 0 {
             // SAFETY: our buffer.
             let n = unsafe {
                 real::send(
@@ -338,6 +393,9 @@ fn exchange(
             };
             if n > 0 {
                 off += n as usize;
+                if off > hs_len && st.first_resent.is_none() {
+                    st.first_resent = Some(Instant::now());
+                }
             } else if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
             {
                 return Err(format!("resend: {}", std::io::Error::last_os_error()));
@@ -348,8 +406,8 @@ fn exchange(
         }
     }
     // The ring now holds exactly what was sent on the new connection too:
-    // everything from `from` is unacknowledged there.
-    Ok(out.len() as u64)
+    // everything from the resend's start is unacknowledged there.
+    Ok(())
 }
 
 /// A connection the Driver handed over because it starts with `WISP`: a
@@ -418,14 +476,24 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
         .ok_or("the stream has no descriptor")?;
     let frozen_at = Instant::now();
     let mut frozen = stream.io.freeze(fd);
-    let plan = resume::plan(frozen.ring(), init.rx).map_err(|e| e.to_string())?;
+    let plan: Resend = resume::plan(frozen.ring(), init.rx).map_err(|e| e.to_string())?;
+    let skip = resume::skip(init.from, frozen.rx()).map_err(|e| e.to_string())?;
     mob.resume_seen.lock().accept(init.counter);
-    let ack = resume::Ack::new(&mob.key, &init.stream_id, init.counter, frozen.rx()).encode();
-    (&sock)
-        .write_all(&ack)
-        .map_err(|e| format!("send Ack: {e}"))?;
-    frozen.push_pending(&rest);
-    let sent = exchange(&sock, &mut frozen, plan)?;
+    let mut out = resume::Ack::new(&mob.key, &init.stream_id, init.counter, frozen.rx())
+        .encode()
+        .to_vec();
+    let hs_len = out.len();
+    let (a, b) = frozen
+        .ring()
+        .slice_from(plan.from)
+        .map_err(|e| format!("ring: {e}"))?;
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    let mut inbound = Inbound::Skip(skip);
+    let mut st = Stamps::default();
+    inbound.take(&rest, &mut frozen, &mut st)?;
+    exchange(&sock, &mut frozen, &out, hs_len, &mut inbound, &mut st)?;
+    let sent = plan.len;
     // The peer is at a new address; its SIP port is what it was.
     let mut peer_sip = mob.peer_sip.lock();
     *peer_sip = Some(SocketAddr::new(
@@ -437,7 +505,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     drop(frozen);
     let stall = frozen_at.elapsed();
     mob.resent.fetch_add(sent, Ordering::Relaxed);
-    let n = mob.moves.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = mob.completed(stall, sent);
     info!(
         "move stream={} n={n} peer_new={from} stall_ms={:.2} resent={sent} (the peer moved)",
         mob.id,

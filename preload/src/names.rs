@@ -92,6 +92,14 @@ impl NameMap {
         self.entries.get(index)
     }
 
+    /// The first name the map gives a URI (compared without case).
+    pub fn name_of_uri(&self, uri: &str) -> Option<String> {
+        self.entries
+            .iter()
+            .find(|e| e.uri.eq_ignore_ascii_case(uri))
+            .and_then(|e| e.names.first().cloned())
+    }
+
     pub fn placeholder_v4(index: usize) -> Ipv4Addr {
         Ipv4Addr::from(V4_BASE + 1 + index as u32)
     }

@@ -32,6 +32,15 @@ impl Sym {
         self.resolve()
     }
 
+    /// The address if it was looked up already.
+    #[inline]
+    pub fn resolved(&self) -> Option<usize> {
+        match self.addr.load(Ordering::Relaxed) {
+            0 => None,
+            a => Some(a),
+        }
+    }
+
     #[cold]
     fn resolve(&self) -> usize {
         // SAFETY: name is NUL-terminated (checked by the `real!` macro's
@@ -56,9 +65,24 @@ macro_rules! real {
             #[inline]
             pub unsafe fn $name($($arg: $ty),*) -> $ret {
                 static SYM: Sym = Sym::new(concat!(stringify!($name), "\0").as_bytes());
-                // SAFETY: the symbol has this C signature in glibc.
-                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(SYM.get()) };
-                unsafe { f($($arg),*) }
+                // The first call resolves out of line, so that on every
+                // later one a hook that ends in this call is a bare tail
+                // jump: no stack frame to keep the arguments across a call.
+                #[cold]
+                #[inline(never)]
+                unsafe extern "C" fn first($($arg: $ty),*) -> $ret {
+                    // SAFETY: the symbol has this C signature in glibc.
+                    let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(SYM.get()) };
+                    unsafe { f($($arg),*) }
+                }
+                match SYM.resolved() {
+                    // SAFETY: as above.
+                    Some(a) => {
+                        let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(a) };
+                        unsafe { f($($arg),*) }
+                    }
+                    None => unsafe { first($($arg),*) },
+                }
             }
         )*
     };

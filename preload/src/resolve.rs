@@ -23,7 +23,34 @@ pub unsafe fn lookup(name: *const c_char) -> Option<usize> {
     if name.parse::<IpAddr>().is_ok() || name.is_empty() {
         return None;
     }
-    shared().names.lookup(name)
+    let names = &shared().names;
+    let index = names.lookup(name)?;
+    note_used(index, name);
+    Some(index)
+}
+
+/// The map name a program last resolved for each entry, so a stream can
+/// show the name its program dialled (`wisp status`), not just the URI.
+static USED: parking_lot::Mutex<Vec<(usize, String)>> = parking_lot::Mutex::new(Vec::new());
+
+fn note_used(index: usize, name: &str) {
+    let name = name.trim_end_matches('.');
+    let mut used = USED.lock();
+    match used.iter().position(|(i, _)| *i == index) {
+        Some(at) if used[at].1.eq_ignore_ascii_case(name) => {}
+        Some(at) => used[at].1 = name.to_ascii_lowercase(),
+        // Bounded: one entry per map line a program resolves.
+        None if used.len() < 4096 => used.push((index, name.to_ascii_lowercase())),
+        None => {}
+    }
+}
+
+/// The name the program last resolved to entry `index`, if any.
+pub fn name_used(index: usize) -> Option<String> {
+    USED.lock()
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, n)| n.clone())
 }
 
 fn port_of(service: *const c_char, proto: c_int) -> Result<u16, c_int> {

@@ -63,8 +63,11 @@ pub enum Command {
     Hangup {
         call: CallId,
     },
-    /// The host's addresses or routes changed (from the netlink watcher).
-    NetChanged,
+    /// The host's addresses or routes changed (from the netlink watcher),
+    /// the first of the changes at `since`.
+    NetChanged {
+        since: Instant,
+    },
 }
 
 pub struct Handle {
@@ -285,8 +288,8 @@ impl SipThread {
                 self.connects.remove(&call);
                 self.ua.hangup(&call, now);
             }
-            Command::NetChanged => {
-                self.net_changed(now);
+            Command::NetChanged { since } => {
+                self.net_changed(now, since);
                 crate::datagrams::flush_all();
             }
         }
@@ -365,6 +368,7 @@ impl SipThread {
                                 keys,
                                 acc.caller,
                                 SocketAddr::new(self.local_ip, acc.port),
+                                from.clone(),
                             ),
                             (ChannelProto::Udp, None) => {}
                             (ChannelProto::Tcp, mobility) => crate::engine::expect_caller(
@@ -373,6 +377,7 @@ impl SipThread {
                                     call: call.clone(),
                                     mobility,
                                     peer_sip,
+                                    peer_uri: from.clone(),
                                 },
                             ),
                         }
@@ -462,7 +467,7 @@ impl SipThread {
     /// The host's addresses changed: follow with our SIP address (and
     /// re-REGISTER), then move every stream whose address is gone or is no
     /// longer the one the routes pick.
-    fn net_changed(&mut self, now: Instant) {
+    fn net_changed(&mut self, now: Instant, since: Instant) {
         if let Some(proxy) = self.proxy {
             if let Some(ip) = route_ip(proxy) {
                 if ip != self.local_ip {
@@ -499,6 +504,7 @@ impl SipThread {
                 }
                 continue;
             }
+            mob.log.detected(since);
             // One mover per stream; it follows later route changes itself,
             // and waits (up to WISP_MOVE_TIMEOUT) while there is no route.
             if !mob
@@ -576,6 +582,10 @@ impl SipThread {
         m.sent = sent;
         if !sent {
             debug!("call {call}: move re-INVITE waits for the offer in flight");
+        } else if let Some(s) = crate::engine::stream_by_call(call) {
+            if let Some(mob) = s.mobility.as_ref() {
+                mob.log.invite_sent(Instant::now());
+            }
         }
     }
 
@@ -588,15 +598,19 @@ impl SipThread {
             // That answer was for another offer; ours can go now.
             return self.push_move(call, now);
         }
-        if (200..300).contains(&code) {
-            self.moves_out.remove(call);
-        } else if !m.via_proxy && matches!(code, 408 | 503) {
+        if !(200..300).contains(&code) && !m.via_proxy && matches!(code, 408 | 503) {
             debug!("call {call}: no answer straight from the peer; the move re-INVITE goes through the proxy");
             m.via_proxy = true;
-            self.push_move(call, now);
-        } else {
+            return self.push_move(call, now);
+        }
+        if !(200..300).contains(&code) {
             warn!("call {call}: our move's re-INVITE got {code}");
-            self.moves_out.remove(call);
+        }
+        self.moves_out.remove(call);
+        if let Some(s) = crate::engine::stream_by_call(call) {
+            if let Some(mob) = s.mobility.as_ref() {
+                mob.log.answered(&mob.id, Instant::now(), code);
+            }
         }
     }
 
@@ -672,9 +686,12 @@ fn start_watcher(tx: Sender<Command>, waker: Waker) {
                 let now = Instant::now();
                 if p.revents != 0 {
                     let _ = w.on_readable(now);
+                    // Movers waiting for a route look again at once.
+                    bump_net_epoch();
                 }
+                let since = w.pending_since().unwrap_or(now);
                 if w.handle_timeout(now).is_some() {
-                    if tx.send(Command::NetChanged).is_err() {
+                    if tx.send(Command::NetChanged { since }).is_err() {
                         return;
                     }
                     waker.wake();
@@ -684,6 +701,32 @@ fn start_watcher(tx: Sender<Command>, waker: Waker) {
     if let Err(e) = spawned {
         warn!("cannot start the address watcher: {e}");
     }
+}
+
+/// Counts batches of netlink events, for threads that wait for the
+/// network to change (a mover while the host has no route) without
+/// waiting for the coalesced notification.
+static NET_EPOCH: Mutex<u64> = Mutex::new(0);
+static NET_EPOCH_CV: parking_lot::Condvar = parking_lot::Condvar::new();
+
+fn bump_net_epoch() {
+    *NET_EPOCH.lock() += 1;
+    NET_EPOCH_CV.notify_all();
+}
+
+/// The current count of netlink event batches.
+pub fn net_epoch() -> u64 {
+    *NET_EPOCH.lock()
+}
+
+/// Wait until netlink events arrive after `seen` (or `timeout`); returns
+/// the count to wait on next.
+pub fn wait_net_change(seen: u64, timeout: Duration) -> u64 {
+    let mut e = NET_EPOCH.lock();
+    if *e == seen {
+        NET_EPOCH_CV.wait_for(&mut e, timeout);
+    }
+    *e
 }
 
 fn describe(code: u16) -> String {

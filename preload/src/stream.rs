@@ -15,7 +15,7 @@ use crate::real;
 use libc::{c_int, c_void, iovec, msghdr, ssize_t};
 use parking_lot::{Condvar, Mutex};
 use sipcore::ring::ReplayRing;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where the ring starts; it grows with the socket's send buffer (the
@@ -49,6 +49,31 @@ pub struct StreamIo {
     /// picked the old one up just before the move still finds it readable,
     /// so no thread can sleep on a socket that a move has taken away.
     wake: Mutex<std::sync::Arc<Wake>>,
+    /// Copies of the counters, for `wisp status`: read without the data
+    /// path's locks (a move holds those for its whole handshake).
+    stats: Stats,
+}
+
+/// Relaxed copies of what the locked sides know, stored as they change.
+#[derive(Default)]
+struct Stats {
+    tx: AtomicU64,
+    rx: AtomicU64,
+    ring_held: AtomicU64,
+    ring_capacity: AtomicU64,
+}
+
+/// The counters of a stream, as `wisp status` shows them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoStats {
+    pub tx: u64,
+    pub rx: u64,
+    pub ring_held: u64,
+    pub ring_capacity: u64,
+    /// Held still for a move (between freeze and swap).
+    pub frozen: bool,
+    /// The errno the stream now fails with (no move in time), or 0.
+    pub broken: c_int,
 }
 
 struct Wake(c_int);
@@ -165,6 +190,21 @@ unsafe fn for_each_slice(iov: *const iovec, count: usize, n: usize, mut f: impl 
     }
 }
 
+/// Before the ring's storage grows, drop what the peer's TCP has
+/// acknowledged, so the storage follows the unacknowledged bytes (at most
+/// one send buffer) rather than everything sent since the ring last filled:
+/// a stream that sends a lot to a peer that keeps up then holds little.
+/// Called after `sent` more bytes went into the socket and before they are
+/// pushed: SIOCOUTQ counts them already.
+fn trim_acked(fd: c_int, ring: &mut ReplayRing, sent: usize) {
+    let mut outq: c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
+        let acked = (ring.tx() + sent as u64).saturating_sub(outq as u64);
+        ring.trim_to(acked.min(ring.tx()));
+    }
+}
+
 /// A send-family call, reduced to what the data path needs.
 pub struct SendCall<'a> {
     pub iov: &'a [iovec],
@@ -197,7 +237,34 @@ impl StreamIo {
             settled: Mutex::new(()),
             settled_cv: Condvar::new(),
             wake: Mutex::new(std::sync::Arc::new(wake)),
+            stats: Stats {
+                ring_capacity: AtomicU64::new(RING_START as u64),
+                ..Stats::default()
+            },
         })
+    }
+
+    /// The stream's counters, without taking any of its locks.
+    pub fn stats(&self) -> IoStats {
+        let s = &self.stats;
+        IoStats {
+            tx: s.tx.load(Ordering::Relaxed),
+            rx: s.rx.load(Ordering::Relaxed),
+            ring_held: s.ring_held.load(Ordering::Relaxed),
+            ring_capacity: s.ring_capacity.load(Ordering::Relaxed),
+            frozen: self.moving.load(Ordering::Relaxed),
+            broken: self.broken.load(Ordering::Relaxed),
+        }
+    }
+
+    fn note_ring(&self, ring: &ReplayRing) {
+        self.stats.tx.store(ring.tx(), Ordering::Relaxed);
+        self.stats
+            .ring_held
+            .store(ring.len() as u64, Ordering::Relaxed);
+        self.stats
+            .ring_capacity
+            .store(ring.capacity() as u64, Ordering::Relaxed);
     }
 
     /// Bytes sent (accepted from the program) and received (handed to it).
@@ -325,11 +392,15 @@ impl StreamIo {
             // SAFETY: msg points at live iovecs and the program's buffers.
             let n = unsafe { real::sendmsg(fd, &msg, call.flags | libc::MSG_DONTWAIT) };
             if n > 0 {
+                if tx.ring.len() + n as usize > tx.ring.reserved() {
+                    trim_acked(fd, &mut tx.ring, n as usize);
+                }
                 unsafe {
                     for_each_slice(iov.as_ptr(), iov.len(), n as usize, |s| {
                         tx.ring.push(s);
                     })
                 };
+                self.note_ring(&tx.ring);
                 return n;
             }
             let e = errno();
@@ -370,6 +441,7 @@ impl StreamIo {
         {
             ring.grow_to(sndbuf.max(0) as usize);
         }
+        self.note_ring(ring);
     }
 
     /// recv/read/readv/recvfrom/recvmsg on a stream. MSG_WAITALL on a
@@ -430,6 +502,7 @@ impl StreamIo {
                 if !peek {
                     rx.pending_at += n;
                     rx.rx += n as u64;
+                    self.stats.rx.store(rx.rx, Ordering::Relaxed);
                     if rx.pending_at == rx.pending.len() {
                         rx.pending.clear();
                         rx.pending_at = 0;
@@ -457,6 +530,7 @@ impl StreamIo {
             if n > 0 {
                 if !peek {
                     rx.rx += n as u64;
+                    self.stats.rx.store(rx.rx, Ordering::Relaxed);
                 }
                 if let Some(m) = call.msg {
                     // SAFETY: the program's header: report what the kernel said.
@@ -541,6 +615,19 @@ impl Frozen<'_> {
 
     pub fn ring(&self) -> &ReplayRing {
         &self.tx.ring
+    }
+
+    /// Drop from the ring what the old connection `fd` saw acknowledged
+    /// (SIOCOUTQ is what is not): the peer's TCP has those bytes, so the
+    /// peer's freeze finds them, and a resend can start after them without
+    /// asking.
+    pub fn trim_acked(&mut self, fd: c_int) {
+        let mut outq: c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
+            let acked = self.tx.ring.tx().saturating_sub(outq as u64);
+            self.tx.ring.trim_to(acked);
+        }
     }
 
     /// Bytes that arrived on the new connection before it was put under

@@ -9,6 +9,11 @@
 //! a failing test leaves nothing behind (a test process that is killed does:
 //! `scripts/lab down --all` clears that).
 //!
+//! [`Lab::up_with`] builds a delayed lab instead (`scripts/lab up --rtt`): the
+//! same names and addresses, plus a `wisp-netem` relay on every host link so
+//! that any two hosts are [`LabOptions::rtt`] apart, with optional loss and
+//! a bottleneck rate.
+//!
 //! Needs root and iproute2.
 //!
 //! ```no_run
@@ -21,10 +26,22 @@
 //! let out = lab.exec_cmd(Node::Mobile, ["ip", "-br", "addr"]).output().unwrap();
 //! # drop(out);
 //! ```
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use shim_tests::lab::{Lab, LabOptions};
+//! let lab = Lab::up_with(LabOptions {
+//!     rtt: Duration::from_millis(40),
+//!     loss: 0.01,
+//!     ..LabOptions::default()
+//! });
+//! # drop(lab);
+//! ```
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -111,6 +128,48 @@ pub enum MoveKind {
     MakeBeforeBreak(Duration),
 }
 
+/// The links of a delayed lab ([`Lab::up_with`], `scripts/lab up --rtt MS
+/// --loss PCT --rate-mbit N`). Every host link gets a relay, so each value
+/// holds between any two hosts (corr and mobile, mobile and reg, ...); a host
+/// and the router are half the RTT apart. The default is relays that add
+/// nothing (the baseline for measuring what they cost).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabOptions {
+    /// Round-trip time between two hosts (each of the two host links on the
+    /// way adds a quarter of it, one way, each way). Whole microseconds.
+    pub rtt: Duration,
+    /// Fraction of the packets lost each way between two hosts, 0.0 to
+    /// below 1.0 (0.05 is 5 %).
+    pub loss: f64,
+    /// A bottleneck of this many Mbit/s each way on every host link.
+    pub rate_mbit: Option<u32>,
+}
+
+impl LabOptions {
+    /// The `scripts/lab up` arguments.
+    fn args(&self) -> Vec<String> {
+        assert!(
+            (0.0..1.0).contains(&self.loss),
+            "LabOptions::loss is a fraction in [0, 1): {}",
+            self.loss
+        );
+        let mut v = vec![
+            "--rtt".to_string(),
+            format!("{:.3}", self.rtt.as_micros() as f64 / 1000.0),
+        ];
+        if self.loss > 0.0 {
+            v.push("--loss".into());
+            v.push(format!("{:.6}", self.loss * 100.0));
+        }
+        if let Some(r) = self.rate_mbit {
+            assert!(r > 0, "LabOptions::rate_mbit must be above 0");
+            v.push("--rate-mbit".into());
+            v.push(r.to_string());
+        }
+        v
+    }
+}
+
 /// A running lab. Addresses are those of `scripts/lab up`'s KEY=VALUE lines;
 /// the "current" ones (`corr_ip`, `mobile_ip`, ...) follow the moves made
 /// through this value (after a move spawned with [`Lab::move_cmd`], call
@@ -151,6 +210,9 @@ pub struct Lab {
     /// Every KEY=VALUE line (ROUTER_*_IP, *_IF, LAB_W, ...).
     pub vars: BTreeMap<String, String>,
 
+    /// The relays' settings, for a lab from [`Lab::up_with`].
+    pub options: Option<LabOptions>,
+
     /// Whether dropping this value takes the lab down.
     owner: bool,
 }
@@ -178,14 +240,30 @@ impl Lab {
     /// Brings up a new lab with a unique id: `r<pid in hex>n<counter>`, so
     /// labs left by a killed test process can be traced to it.
     pub fn try_up() -> Result<Lab, String> {
+        Lab::try_up_opts(None)
+    }
+
+    /// Brings up a delayed lab (relays on every host link, see
+    /// [`LabOptions`]); panics if it can't. The relay binary is
+    /// [`crate::netem_bin`].
+    pub fn up_with(options: LabOptions) -> Lab {
+        Lab::try_up_opts(Some(options)).unwrap_or_else(|e| panic!("scripts/lab up: {e}"))
+    }
+
+    fn try_up_opts(options: Option<LabOptions>) -> Result<Lab, String> {
+        let extra = options.as_ref().map(LabOptions::args).unwrap_or_default();
         for _ in 0..20 {
             let id = format!(
                 "r{:x}n{}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
-            let out = Command::new(script())
-                .args(["up", "--id", &id])
+            let mut cmd = Command::new(script());
+            cmd.args(["up", "--id", &id]).args(&extra);
+            if options.is_some() && std::env::var_os("WISP_NETEM").is_none() {
+                cmd.env("WISP_NETEM", crate::netem_bin());
+            }
+            let out = cmd
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", script().display()))?;
@@ -201,12 +279,16 @@ impl Lab {
             }
             // From here on a Lab exists, so an error below still tears it down.
             let vars = parse_vars(&String::from_utf8_lossy(&out.stdout));
-            return Lab::from_vars(id.clone(), vars).inspect_err(|_| down(&id));
+            return Lab::from_vars(id.clone(), vars, options).inspect_err(|_| down(&id));
         }
         Err("no free lab id".into())
     }
 
-    fn from_vars(id: String, vars: BTreeMap<String, String>) -> Result<Lab, String> {
+    fn from_vars(
+        id: String,
+        vars: BTreeMap<String, String>,
+        options: Option<LabOptions>,
+    ) -> Result<Lab, String> {
         fn get<T: FromStr>(vars: &BTreeMap<String, String>, key: &str) -> Result<T, String> {
             let v = vars
                 .get(key)
@@ -252,6 +334,7 @@ impl Lab {
             spare_ip6: get(v, "SPARE_IP6")?,
             id,
             vars,
+            options,
             owner: true,
         })
     }
@@ -285,6 +368,37 @@ impl Lab {
         cmd.args(["exec", "--id", &self.id, node.as_str()])
             .args(args);
         cmd
+    }
+
+    /// Runs `f` on a new thread that has joined the node's network namespace
+    /// (`setns`, which only moves that thread) and returns what it returns;
+    /// a panic in `f` is resumed here. Sockets made inside stay in that
+    /// namespace wherever they are used afterwards, so a test can make its
+    /// connections in-process, without a helper program.
+    pub fn in_node<T, F>(&self, node: Node, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        use std::os::fd::AsRawFd;
+        let path = Path::new("/run/netns").join(self.ns(node));
+        let ns =
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns(2) on an open namespace file, for this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!(
+                    "setns {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            drop(ns);
+            f()
+        });
+        thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     /// Whether `addr` answers from `node` (up to 3 tries of 1 s).
@@ -384,10 +498,17 @@ impl Lab {
         }
     }
 
+    /// What the relays of a delayed lab logged so far (their start lines;
+    /// each adds its counters when it ends), or `None` for a plain lab.
+    pub fn relay_log(&self) -> Option<String> {
+        let dir = std::env::var_os("WISP_LAB_STATE_DIR").unwrap_or_else(|| "/run/wisp-lab".into());
+        std::fs::read_to_string(Path::new(&dir).join(format!("{}.netem.log", self.id))).ok()
+    }
+
     fn merge(&mut self, text: &str) {
         let mut vars = self.vars.clone();
         vars.extend(parse_vars(text));
-        let new = Lab::from_vars(self.id.clone(), vars)
+        let new = Lab::from_vars(self.id.clone(), vars, self.options.clone())
             .unwrap_or_else(|e| panic!("lab {}: {e}", self.id));
         // The assignment drops the old value: only `new` may tear the lab down.
         self.owner = false;
@@ -458,6 +579,27 @@ mod tests {
     fn seconds_for_the_script() {
         assert_eq!(secs(Duration::from_millis(1500)), "1.500");
         assert_eq!(secs(Duration::from_secs(2)), "2.000");
+    }
+
+    #[test]
+    fn options_for_the_script() {
+        let o = LabOptions {
+            rtt: Duration::from_micros(40_500),
+            loss: 0.05,
+            rate_mbit: Some(100),
+        };
+        assert_eq!(
+            o.args(),
+            [
+                "--rtt",
+                "40.500",
+                "--loss",
+                "5.000000",
+                "--rate-mbit",
+                "100"
+            ]
+        );
+        assert_eq!(LabOptions::default().args(), ["--rtt", "0.000"]);
     }
 
     #[test]

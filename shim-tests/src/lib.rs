@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod e2e;
 pub mod lab;
+pub mod netem;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
@@ -558,7 +559,25 @@ pub fn run_tool(name: &str, cmd: Command, timeout: Duration) -> ToolOutput {
 /// `target/release/wisp` and `target/debug/wisp` in the workspace (or in
 /// `$CARGO_TARGET_DIR`). Panics if there is none.
 pub fn wisp_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("WISP_BIN") {
+    built_bin("wisp", "WISP_BIN", "cargo build --release -p wisp")
+}
+
+/// The lab's delay relay (`src/bin/wisp-netem.rs`): `$WISP_NETEM`, else the
+/// newer of `target/release/wisp-netem` and `target/debug/wisp-netem`.
+/// Panics if there is none. (An integration test of this package has it
+/// built by cargo before it runs.)
+pub fn netem_bin() -> PathBuf {
+    built_bin(
+        "wisp-netem",
+        "WISP_NETEM",
+        "cargo build --release -p shim-tests --bin wisp-netem",
+    )
+}
+
+/// `$ENV`, else the newer of `target/{release,debug}/NAME` in the workspace
+/// (or in `$CARGO_TARGET_DIR`); panics naming `build` if there is none.
+fn built_bin(name: &str, env: &str, build: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -568,8 +587,8 @@ pub fn wisp_bin() -> PathBuf {
         None => workspace.join("target"),
     };
     let candidates = [
-        target.join("release").join("wisp"),
-        target.join("debug").join("wisp"),
+        target.join("release").join(name),
+        target.join("debug").join(name),
     ];
     candidates
         .iter()
@@ -581,8 +600,7 @@ pub fn wisp_bin() -> PathBuf {
         .map(|(_, p)| p)
         .unwrap_or_else(|| {
             panic!(
-                "wisp binary not found at {} or {}: build it (cargo build --release -p wisp) \
-                 or set WISP_BIN",
+                "{name} binary not found at {} or {}: build it ({build}) or set {env}",
                 candidates[0].display(),
                 candidates[1].display()
             )

@@ -867,6 +867,7 @@ fn make_before_break_stalls_less_than_break_before_make() {
     let (x, y) = (median(mbb), median(bbm));
     eprintln!("stall: make-before-break {x:.1} ms, break-before-make {y:.1} ms");
     eprintln!("stalls per move (0: no pause over 10 ms): {kinds:?} -> {stalls:?}");
+    eprintln!("{}", move_timelines(&m.logs, 40));
     m.check(
         x < y,
         format_args!(

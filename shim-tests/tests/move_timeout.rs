@@ -65,3 +65,60 @@ fn a_move_that_cannot_complete_ends_in_etimedout() {
         reader.stderr()
     );
 }
+
+/// The side that did not move is bounded too: its peer goes offline and
+/// never comes back, and the correspondent's program, blocked in recv()
+/// on an idle stream, gets ETIMEDOUT after about WISP_MOVE_TIMEOUT (plus
+/// three keepalive probes), not never.
+#[test]
+fn the_side_that_did_not_move_times_out_too() {
+    let w = World::new("stayertimeout", Proxy::Wisp);
+    let server = r#"
+import socket
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 7401))
+l.listen(1)
+print("serving", flush=True)
+c, _ = l.accept()
+print("hello", c.recv(5), flush=True)
+try:
+    print("read", len(c.recv(100)), flush=True)
+except OSError as e:
+    print("error", e.errno, type(e).__name__, flush=True)
+"#;
+    let mut cmd = w.wisp_cmd(
+        Node::Corr,
+        Some("sip:fred@abcd.com"),
+        ["python3", "-u", "-c", server],
+    );
+    cmd.env("WISP_MOVE_TIMEOUT", "2");
+    let mut srv = Bg::spawn(cmd, &w.dir, "idle-server");
+    srv.wait_for("serving", Duration::from_secs(20));
+    let client = "import socket, time\ns = socket.create_connection(('fred.abcd', 7401), timeout=30)\ns.sendall(b'hello')\nprint('connected', flush=True)\ntime.sleep(120)\n";
+    let mut cli = Bg::spawn(
+        w.wisp_cmd(Node::Mobile, None, ["python3", "-u", "-c", client]),
+        &w.dir,
+        "client",
+    );
+    cli.wait_for("connected", Duration::from_secs(20));
+    srv.wait_for("hello", Duration::from_secs(20));
+    // The mobile host goes offline and stays away past the test.
+    let _mover = Bg::spawn(
+        w.lab.move_cmd(
+            Node::Mobile,
+            None,
+            MoveKind::BreakBeforeMakeGap(Duration::from_secs(120)),
+        ),
+        &w.dir,
+        "move",
+    );
+    let st = srv.wait(Duration::from_secs(60));
+    assert!(st.success(), "{}", srv.stderr());
+    assert!(
+        srv.stdout().contains("error 110 TimeoutError"),
+        "the idle correspondent's recv() should end in ETIMEDOUT: {}\n{}",
+        srv.stdout(),
+        srv.stderr()
+    );
+}

@@ -102,6 +102,12 @@ impl ReplayRing {
         self.len == 0
     }
 
+    /// Bytes of storage reserved so far: it grows towards the capacity
+    /// only as the bytes held need it, and never shrinks.
+    pub fn reserved(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Most bytes the ring will hold.
     pub fn capacity(&self) -> usize {
         self.cap
@@ -288,6 +294,21 @@ mod tests {
                 assert!(dst[off + len..].iter().all(|&b| b == 0xAA));
             }
         }
+    }
+
+    #[test]
+    fn storage_is_reserved_as_data_needs_it() {
+        let mut r = ReplayRing::new(1 << 20);
+        assert_eq!(r.reserved(), 0);
+        r.push(&[1; 100]);
+        assert_eq!(r.reserved(), 4096);
+        r.push(&[2; 4000]);
+        assert_eq!(r.reserved(), 8192, "doubles");
+        // Trimming first keeps what is held within the storage there is.
+        r.trim_to(4000);
+        r.push(&[3; 4000]);
+        assert_eq!((r.len(), r.reserved()), (4100, 8192));
+        assert_eq!(r.slice_from(4000).unwrap().0[..100], [2; 100]);
     }
 
     #[test]

@@ -224,7 +224,17 @@ fn do_move(rng: &mut Rng, hosts: &mut [Host; 2], sid: StreamId, mover: usize, in
     // other, then the initiator's resend.
     let (i, r) = if init == 0 { (a, b) } else { (b, a) };
     i.inits_sent += 1;
-    let mut initiator = Initiator::new(&i.key, sid, i.inits_sent, i.rx());
+    // The initiator resends everything its ring holds right behind the
+    // Init; the responder drops what it already has.
+    let from = i.ring.start();
+    let eager = resend_bytes(
+        i,
+        Resend {
+            from,
+            len: i.ring.tx() - from,
+        },
+    );
+    let mut initiator = Initiator::new(&i.key, sid, i.inits_sent, i.rx(), from);
     let mut responder = Responder::new();
     let mut accepted = None;
     let mut after_init = Vec::new();
@@ -253,6 +263,8 @@ fn do_move(rng: &mut Rng, hosts: &mut [Host; 2], sid: StreamId, mover: usize, in
     assert!(after_init.is_empty());
     let accepted = accepted.unwrap();
     assert_eq!(accepted.resend.from, i.rx());
+    let r_rx = r.rx();
+    assert_eq!(accepted.skip, r_rx - from);
     let mut to_initiator = accepted.ack.to_vec();
     to_initiator.extend(resend_bytes(r, accepted.resend));
     let mut plan = None;
@@ -270,9 +282,9 @@ fn do_move(rng: &mut Rng, hosts: &mut [Host; 2], sid: StreamId, mover: usize, in
         &mut data,
     );
     let plan = plan.unwrap();
-    assert_eq!(plan.from, r.rx());
+    assert_eq!(plan.from, r_rx);
     i.read.extend(data);
-    r.read.extend(resend_bytes(i, plan));
+    r.read.extend(&eager[accepted.skip as usize..]);
 
     // Both sides are whole again; the new connection is empty.
     for h in [&mut *i, &mut *r] {

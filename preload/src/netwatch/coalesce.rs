@@ -7,6 +7,12 @@
 //! `max_delay` after the first of them, so a link that never stops flapping
 //! still gets one notification per `max_delay` and not one per event.
 //!
+//! The first change after a calm spell (no notification for [`CALM`]) is
+//! different: it is what a move looks like, every millisecond of waiting is
+//! stall, and a storm cannot start with one notification. It settles for
+//! only [`FAST_SETTLE`]; the changes that follow it within the calm spell
+//! get the full `settle`.
+//!
 //! Pure: time comes in as `now`; [`Coalescer::poll_timeout`] says when to
 //! call [`Coalescer::handle_timeout`].
 
@@ -16,6 +22,11 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(30);
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(200);
+/// The settle time of the first change after a calm spell: long enough for
+/// the kernel's burst (an address and its routes come within microseconds).
+pub const FAST_SETTLE: Duration = Duration::from_millis(2);
+/// How long without a notification makes the next change a "first" one.
+pub const CALM: Duration = Duration::from_secs(1);
 
 /// What changed since the previous notification.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,6 +69,8 @@ pub struct Coalescer {
     reported: Vec<IpAddr>,
     links: Vec<Link>,
     pending: Option<Pending>,
+    /// When the last notification went out.
+    last_note: Option<Instant>,
     routes_changed: bool,
     links_changed: bool,
     resynced: bool,
@@ -85,6 +98,7 @@ impl Coalescer {
             reported: Vec::new(),
             links: Vec::new(),
             pending: None,
+            last_note: None,
             routes_changed: false,
             links_changed: false,
             resynced: false,
@@ -154,11 +168,24 @@ impl Coalescer {
         }
     }
 
+    /// When the first event of the pending change arrived.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending.map(|p| p.first)
+    }
+
     /// When [`Self::handle_timeout`] has something to say; None while
     /// nothing is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let p = self.pending?;
-        Some((p.last + self.settle).min(p.first + self.max_delay))
+        let calm = self
+            .last_note
+            .is_none_or(|t| p.first.saturating_duration_since(t) >= CALM);
+        let settle = if calm {
+            FAST_SETTLE.min(self.settle)
+        } else {
+            self.settle
+        };
+        Some((p.last + settle).min(p.first + self.max_delay))
     }
 
     /// The notification, if one is due at `now`. None too when the changes
@@ -169,6 +196,7 @@ impl Coalescer {
             return None;
         }
         self.pending = None;
+        self.last_note = Some(now);
         let change = Change {
             added: minus(&self.usable, &self.reported),
             removed: minus(&self.reported, &self.usable),
@@ -296,13 +324,23 @@ mod tests {
         assert_eq!(c.poll_timeout(), None);
         c.handle_event(&added("10.77.0.1"), t0);
         assert!(c.has(ip("10.77.0.1")), "the set is current at once");
-        assert_eq!(c.poll_timeout(), Some(t0 + 30 * MS));
-        assert_eq!(c.handle_timeout(t0 + 29 * MS), None);
-        let change = c.handle_timeout(t0 + 30 * MS).unwrap();
+        // The first change after a calm spell settles fast.
+        assert_eq!(c.poll_timeout(), Some(t0 + FAST_SETTLE));
+        assert_eq!(c.handle_timeout(t0 + FAST_SETTLE - MS / 2), None);
+        let change = c.handle_timeout(t0 + FAST_SETTLE).unwrap();
         assert_eq!(change.added, [ip("10.77.0.1")]);
         assert!(change.removed.is_empty() && !change.routes_changed && !change.resynced);
         assert_eq!(c.poll_timeout(), None);
         assert_eq!(c.handle_timeout(t0 + 1000 * MS), None);
+        // One soon after waits for the full settle time ...
+        let t1 = t0 + 100 * MS;
+        c.handle_event(&removed("10.77.0.1"), t1);
+        assert_eq!(c.poll_timeout(), Some(t1 + 30 * MS));
+        assert!(c.handle_timeout(t1 + 30 * MS).is_some());
+        // ... and one after a calm spell is fast again.
+        let t2 = t1 + 30 * MS + CALM;
+        c.handle_event(&added("10.77.0.1"), t2);
+        assert_eq!(c.poll_timeout(), Some(t2 + FAST_SETTLE));
     }
 
     #[test]
@@ -350,9 +388,10 @@ mod tests {
             times.windows(2).all(|w| w[1] - w[0] >= DEFAULT_MAX_DELAY),
             "{times:?}"
         );
-        // 1 s of flapping: one per max_delay, then one after it settles.
-        assert!(notes.len() <= 6, "{}", notes.len());
-        assert_eq!(times.first(), Some(&(t0 + DEFAULT_MAX_DELAY)));
+        // 1 s of flapping: the first event fast, then one per max_delay,
+        // then one after it settles.
+        assert!(notes.len() <= 7, "{}", notes.len());
+        assert_eq!(times.first(), Some(&(t0 + FAST_SETTLE)));
         assert!(times
             .last()
             .is_some_and(|&t| t <= t0 + 990 * MS + DEFAULT_SETTLE));

@@ -83,6 +83,11 @@ impl Watcher {
         result
     }
 
+    /// When the first event of the change not yet reported arrived.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.coalescer.pending_since()
+    }
+
     /// The change to act on, if one is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Change> {
         if self.retry_at.is_some_and(|t| t <= now) {

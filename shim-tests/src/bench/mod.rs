@@ -7,7 +7,9 @@
 //! `run(&Ctx) -> Vec<Row>`, so they can be run alone while working on one
 //! figure (`wisp-bench startup`).
 
+pub mod fdcost;
 pub mod flow;
+pub mod memory;
 pub mod moves;
 pub mod plot;
 pub mod report;
@@ -31,6 +33,16 @@ pub const SECTIONS: &[Section] = &[
         name: "startup",
         about: "start-up cost of the preloaded library when no wisp name is used",
         run: startup::run,
+    },
+    Section {
+        name: "fdcost",
+        about: "added cost per call on descriptors that are not wisp streams",
+        run: fdcost::run,
+    },
+    Section {
+        name: "memory",
+        about: "resident memory per wisp stream, idle and sending",
+        run: memory::run,
     },
     Section {
         name: "stall",

@@ -11,9 +11,10 @@ use std::time::Instant;
 
 pub fn run(ctx: &Ctx) -> Vec<Row> {
     let lib = libwisp();
+    let python = python_binary();
     let progs: [(&str, &[&str], usize); 2] = [
         ("/bin/true", &[], ctx.pick(400, 40)),
-        ("python3", &["-c", "pass"], ctx.pick(60, 10)),
+        (&python, &["-c", "pass"], ctx.pick(100, 10)),
     ];
     let mut rows = Vec::new();
     for (prog, args, n) in progs {
@@ -35,6 +36,17 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
         );
     }
     rows
+}
+
+/// The interpreter itself: `python3` on PATH may be a wrapper script (pyenv's
+/// shim runs a dozen processes), which would count the library's load once
+/// per process of the wrapper.
+fn python_binary() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Milliseconds from spawn to reaped exit; the program must succeed.

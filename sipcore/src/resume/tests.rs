@@ -56,27 +56,33 @@ fn sizes_and_layout() {
         stream_id: StreamId([1; 16]),
         counter: 0x0102_0304_0506_0708,
         rx: 9,
+        from: 0x1112_1314_1516_1718,
         mac: [0xee; 32],
     };
     let b = init.encode();
-    assert_eq!(b.len(), 70);
-    assert_eq!(&b[..6], b"WISP\x01\x01");
+    assert_eq!(b.len(), 78);
+    assert_eq!(&b[..6], b"WISP\x02\x01");
     assert_eq!(&b[22..30], &[1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(decode(&b), Ok(Some((Msg::Init(init), 70))));
+    assert_eq!(
+        &b[38..46],
+        &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+    );
+    assert_eq!(&b[46..], &[0xee; 32]);
+    assert_eq!(decode(&b), Ok(Some((Msg::Init(init), 78))));
     let ack = Ack {
         rx: u64::MAX,
         mac: [3; 32],
     };
     let b = ack.encode();
     assert_eq!(b.len(), 46);
-    assert_eq!(&b[..6], b"WISP\x01\x02");
+    assert_eq!(&b[..6], b"WISP\x02\x02");
     assert_eq!(decode(&b), Ok(Some((Msg::Ack(ack), 46))));
 }
 
 #[test]
 fn decode_needs_more_then_stops_at_the_message() {
     let (o, _) = test_pair("c");
-    let bytes = Init::new(&o, SID, 1, 2).encode();
+    let bytes = Init::new(&o, SID, 1, 2, 0).encode();
     for n in 0..bytes.len() {
         assert_eq!(decode(&bytes[..n]), Ok(None), "prefix {n}");
     }
@@ -84,7 +90,7 @@ fn decode_needs_more_then_stops_at_the_message() {
     with_data.extend_from_slice(b"GET / HTTP/1.1\r\n");
     let (msg, used) = decode(&with_data).unwrap().unwrap();
     assert_eq!(used, INIT_LEN);
-    assert_eq!(msg, Msg::Init(Init::new(&o, SID, 1, 2)));
+    assert_eq!(msg, Msg::Init(Init::new(&o, SID, 1, 2, 0)));
 }
 
 #[test]
@@ -93,10 +99,10 @@ fn decode_errors_show_early() {
     assert_eq!(decode(b"GET / HTTP/1.1"), Err(ResumeError::BadMagic));
     assert_eq!(decode(b"WIS!"), Err(ResumeError::BadMagic));
     assert_eq!(decode(b"wisp"), Err(ResumeError::BadMagic));
-    assert_eq!(decode(b"WISP\x02"), Err(ResumeError::BadVersion(2)));
+    assert_eq!(decode(b"WISP\x01"), Err(ResumeError::BadVersion(1)));
     assert_eq!(decode(b"WISP\x00\x01"), Err(ResumeError::BadVersion(0)));
-    assert_eq!(decode(b"WISP\x01\x03"), Err(ResumeError::BadType(3)));
-    assert_eq!(decode(b"WISP\x01\x00"), Err(ResumeError::BadType(0)));
+    assert_eq!(decode(b"WISP\x02\x03"), Err(ResumeError::BadType(3)));
+    assert_eq!(decode(b"WISP\x02\x00"), Err(ResumeError::BadType(0)));
     for e in [
         ResumeError::BadMagic,
         ResumeError::BadVersion(2),
@@ -113,6 +119,7 @@ fn decode_errors_show_early() {
             ring_start: 2,
         },
         ResumeError::PeerAhead { peer_rx: 3, tx: 2 },
+        ResumeError::Gap { from: 3, rx: 2 },
     ] {
         assert!(!e.to_string().is_empty());
     }
@@ -121,7 +128,7 @@ fn decode_errors_show_early() {
 #[test]
 fn decoder_byte_by_byte_leaves_stream_data() {
     let (o, a) = test_pair("c");
-    let mut wire = Init::new(&o, SID, 3, 4).encode().to_vec();
+    let mut wire = Init::new(&o, SID, 3, 4, 0).encode().to_vec();
     wire.extend_from_slice(&Ack::new(&a, &SID, 3, 5).encode());
     wire.extend_from_slice(b"stream data");
     let mut d = Decoder::new();
@@ -139,7 +146,7 @@ fn decoder_byte_by_byte_leaves_stream_data() {
         pos += 1;
     }
     assert_eq!(pos, INIT_LEN + ACK_LEN);
-    assert_eq!(got[0], Msg::Init(Init::new(&o, SID, 3, 4)));
+    assert_eq!(got[0], Msg::Init(Init::new(&o, SID, 3, 4, 0)));
     assert_eq!(got[1], Msg::Ack(Ack::new(&a, &SID, 3, 5)));
     assert_eq!(&wire[pos..], b"stream data");
 }
@@ -147,7 +154,7 @@ fn decoder_byte_by_byte_leaves_stream_data() {
 #[test]
 fn decoder_takes_exactly_one_message_from_a_big_read() {
     let (o, _) = test_pair("c");
-    let mut wire = Init::new(&o, SID, 3, 4).encode().to_vec();
+    let mut wire = Init::new(&o, SID, 3, 4, 0).encode().to_vec();
     wire.extend_from_slice(b"WISP\x01\x01 looks like a handshake but is data");
     let mut input = &wire[..];
     let mut d = Decoder::new();
@@ -181,10 +188,12 @@ fn full_handshake() {
     let mut ring_a = ReplayRing::new(4096);
     ring_a.push(&[b'a'; 900]);
     ring_a.trim_to(700);
-    let mut init = Initiator::new(&o, SID, 1, 650);
+    let mut init = Initiator::new(&o, SID, 1, 650, 700);
     assert!(format!("{init:?}").contains("counter: 1"));
     let acc = b.answer(&init.init()).unwrap();
     assert_eq!(acc.stream_id, SID);
+    // b has 777 of a's bytes; a resends from 700 at once: 77 are dropped.
+    assert_eq!(acc.skip, 77);
     assert_eq!(
         acc.resend,
         Resend {
@@ -211,7 +220,7 @@ fn full_handshake() {
 fn responder_refusals() {
     let (o, mut b) = pair_sides();
     // Unknown stream.
-    let other = Init::new(&o, StreamId([1; 16]), 1, 650).encode();
+    let other = Init::new(&o, StreamId([1; 16]), 1, 650, 0).encode();
     assert_eq!(
         b.answer(&other),
         Err(ResumeError::UnknownStream(StreamId([1; 16])))
@@ -220,41 +229,47 @@ fn responder_refusals() {
     let ack = Ack::new(&o, &SID, 1, 1).encode();
     assert_eq!(b.answer(&ack), Err(ResumeError::Unexpected));
     // Our own Init reflected back: made with the answerer's key.
-    let reflected = Init::new(&b.key, SID, 1, 650).encode();
+    let reflected = Init::new(&b.key, SID, 1, 650, 0).encode();
     assert_eq!(b.answer(&reflected), Err(ResumeError::BadMac));
     // Made under another stream's key.
     let (o2, _) = test_pair("other call");
     assert_eq!(
-        b.answer(&Init::new(&o2, SID, 1, 650).encode()),
+        b.answer(&Init::new(&o2, SID, 1, 650, 0).encode()),
         Err(ResumeError::BadMac)
     );
     assert_eq!(b.counter.last(), 0, "failures take no counter");
     // Peer's rx beyond what we sent, or below what we still hold.
     assert_eq!(
-        b.answer(&Init::new(&o, SID, 1, 1001).encode()),
+        b.answer(&Init::new(&o, SID, 1, 1001, 0).encode()),
         Err(ResumeError::PeerAhead {
             peer_rx: 1001,
             tx: 1000
         })
     );
     assert_eq!(
-        b.answer(&Init::new(&o, SID, 1, 399).encode()),
+        b.answer(&Init::new(&o, SID, 1, 399, 0).encode()),
         Err(ResumeError::Unresumable {
             peer_rx: 399,
             ring_start: 400
         })
     );
     assert_eq!(b.counter.last(), 0);
+    // The initiator would resend from beyond what we received.
+    assert_eq!(
+        b.answer(&Init::new(&o, SID, 1, 650, 778).encode()),
+        Err(ResumeError::Gap { from: 778, rx: 777 })
+    );
+    assert_eq!(b.counter.last(), 0);
     // Edges are fine: everything held, or nothing to resend.
-    assert!(b.answer(&Init::new(&o, SID, 1, 400).encode()).is_ok());
-    let acc = b.answer(&Init::new(&o, SID, 2, 1000).encode()).unwrap();
+    assert!(b.answer(&Init::new(&o, SID, 1, 400, 0).encode()).is_ok());
+    let acc = b.answer(&Init::new(&o, SID, 2, 1000, 0).encode()).unwrap();
     assert_eq!(acc.resend, Resend { from: 1000, len: 0 });
 }
 
 #[test]
 fn replayed_init_is_refused() {
     let (o, mut b) = pair_sides();
-    let wire = Init::new(&o, SID, 5, 650).encode();
+    let wire = Init::new(&o, SID, 5, 650, 0).encode();
     assert!(b.answer(&wire).is_ok());
     assert_eq!(
         b.answer(&wire),
@@ -264,19 +279,19 @@ fn replayed_init_is_refused() {
         })
     );
     assert_eq!(
-        b.answer(&Init::new(&o, SID, 4, 650).encode()),
+        b.answer(&Init::new(&o, SID, 4, 650, 0).encode()),
         Err(ResumeError::StaleCounter {
             counter: 4,
             last: 5
         })
     );
-    assert!(b.answer(&Init::new(&o, SID, 6, 650).encode()).is_ok());
+    assert!(b.answer(&Init::new(&o, SID, 6, 650, 0).encode()).is_ok());
 }
 
 #[test]
 fn every_init_byte_is_covered() {
     let (o, mut b) = pair_sides();
-    let good = Init::new(&o, SID, 7, 650).encode();
+    let good = Init::new(&o, SID, 7, 650, 0).encode();
     for i in 0..INIT_LEN {
         let mut bad = good;
         bad[i] ^= 0x10;
@@ -288,7 +303,7 @@ fn every_init_byte_is_covered() {
             .unwrap();
         let want = match i {
             0..=3 => ResumeError::BadMagic,
-            4 => ResumeError::BadVersion(0x11),
+            4 => ResumeError::BadVersion(0x12),
             5 => ResumeError::BadType(0x11),
             _ => ResumeError::BadMac,
         };
@@ -302,10 +317,10 @@ fn every_init_byte_is_covered() {
 fn every_ack_byte_is_covered() {
     let (o, b) = pair_sides();
     let ring = ReplayRing::new(16);
-    let init = Initiator::new(&o, SID, 7, 0);
+    let init = Initiator::new(&o, SID, 7, 0, 0);
     let good = Ack::new(&b.key, &SID, 7, 0).encode();
     let check = |bytes: &[u8]| {
-        let mut i = Initiator::new(&o, SID, 7, 0);
+        let mut i = Initiator::new(&o, SID, 7, 0, 0);
         let mut input = bytes;
         i.push(&mut input, &ring).unwrap()
     };
@@ -315,7 +330,7 @@ fn every_ack_byte_is_covered() {
         bad[i] ^= 0x10;
         let want = match i {
             0..=3 => ResumeError::BadMagic,
-            4 => ResumeError::BadVersion(0x11),
+            4 => ResumeError::BadVersion(0x12),
             5 => ResumeError::BadType(0x12),
             _ => ResumeError::BadMac,
         };
@@ -328,7 +343,7 @@ fn every_ack_byte_is_covered() {
     assert_eq!(init.check(&other, &ring), Err(ResumeError::BadMac));
     let own = Msg::Ack(Ack::new(&o, &SID, 7, 0));
     assert_eq!(init.check(&own, &ring), Err(ResumeError::BadMac));
-    let not_ack = Msg::Init(Init::new(&b.key, SID, 7, 0));
+    let not_ack = Msg::Init(Init::new(&b.key, SID, 7, 0, 0));
     assert_eq!(init.check(&not_ack, &ring), Err(ResumeError::Unexpected));
     assert!(Ack::new(&b.key, &SID, 7, 0).verify(&o, &SID, 7));
 }
@@ -339,7 +354,7 @@ fn initiator_plans_from_the_acked_rx() {
     let mut ring = ReplayRing::new(100);
     ring.push(&[1; 60]);
     ring.trim_to(20);
-    let init = Initiator::new(&o, SID, 1, 0);
+    let init = Initiator::new(&o, SID, 1, 0, 20);
     let ack = |rx| Msg::Ack(Ack::new(&b.key, &SID, 1, rx));
     assert_eq!(
         init.check(&ack(19), &ring),
@@ -407,9 +422,9 @@ impl Rng {
 fn mutation_fuzz() {
     let (o, mut b) = pair_sides();
     let seeds: Vec<Vec<u8>> = vec![
-        Init::new(&o, SID, 1, 650).encode().to_vec(),
+        Init::new(&o, SID, 1, 650, 0).encode().to_vec(),
         Ack::new(&b.key, &SID, 1, 3).encode().to_vec(),
-        [&Init::new(&o, SID, 9, 700).encode()[..], b"data after"].concat(),
+        [&Init::new(&o, SID, 9, 700, 0).encode()[..], b"data after"].concat(),
         b"WISP\x01".to_vec(),
         Vec::new(),
     ];

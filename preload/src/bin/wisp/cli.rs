@@ -91,6 +91,12 @@ impl Args {
             .ok_or_else(|| usage(format!("{} needs a value", self.last_flag)))
     }
 
+    /// The `=value` of the flag just returned, if it has one: for a flag
+    /// whose value is optional (`--watch` or `--watch=5`).
+    pub fn inline_value(&mut self) -> Option<String> {
+        self.inline.take()
+    }
+
     /// Every word not read yet, as it stands (the command after `--`).
     pub fn rest(&mut self) -> Vec<String> {
         self.items.by_ref().collect()

@@ -2,16 +2,29 @@
 //!
 //! - `registrar`: the domain's registrar and proxy ([`registrar`]).
 //! - `agent`: a user agent outside any host program ([`agent`]; to come).
+//! - `run`: a program under libwisp.so ([`run`]).
+//! - `status`: the wisp processes of this user and their streams ([`status`]).
 //!
 //! A new subcommand is a module with a `main(Args) -> cli::Result<()>` and
 //! a line in [`COMMANDS`] and in [`HELP`].
 
 mod agent;
 mod cli;
+mod json;
 mod registrar;
 mod run;
 mod signals;
+mod status;
 mod users;
+
+/// The library's JSON writer and socket placement, shared by path: the
+/// library is a cdylib, which a binary cannot link.
+#[path = "../../status/json.rs"]
+#[allow(dead_code)]
+mod json_out;
+#[path = "../../status/place.rs"]
+#[allow(dead_code)]
+mod place;
 
 use cli::{Arg, Args, Failure};
 use std::process::ExitCode;
@@ -25,6 +38,7 @@ Commands:
   registrar   Run a registrar and proxy for one or more SIP domains
   agent       Run a SIP user agent (register, call, answer)
   run         Run a program with libwisp.so preloaded
+  status      List this user's wisp processes and their streams
 
 Flags:
   -h, --help     Print this help
@@ -39,6 +53,7 @@ const COMMANDS: &[(&str, Command)] = &[
     ("registrar", registrar::main),
     ("agent", agent::main),
     ("run", run::main),
+    ("status", status::main),
 ];
 
 fn run() -> cli::Result<()> {
