@@ -250,6 +250,11 @@ impl Lab {
         Lab::try_up_opts(Some(options)).unwrap_or_else(|e| panic!("scripts/lab up: {e}"))
     }
 
+    /// [`Lab::up_with`], with the script's error as a value.
+    pub fn try_up_with(options: LabOptions) -> Result<Lab, String> {
+        Lab::try_up_opts(Some(options))
+    }
+
     fn try_up_opts(options: Option<LabOptions>) -> Result<Lab, String> {
         let extra = options.as_ref().map(LabOptions::args).unwrap_or_default();
         for _ in 0..20 {

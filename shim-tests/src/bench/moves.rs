@@ -11,7 +11,7 @@
 
 use super::flow::{self, FlowResult};
 use crate::e2e::{target_dir, Bg, LibLog, Proxy, World};
-use crate::lab::{Lab, Link, Node};
+use crate::lab::{Lab, LabOptions, Link, Node};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,15 +29,28 @@ pub fn epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A lab whose mobile↔correspondent path has this round-trip time.
+/// A lab whose hosts are this round-trip time apart: the plain lab for 0,
+/// else one with a `wisp-netem` relay on every host link (SIP to the
+/// registrar crosses the same kind of path as the data).
+/// A loaded machine sometimes starts the relays too slowly for
+/// `scripts/lab up`; it is tried three times.
 pub fn lab(rtt_ms: u32) -> Result<Lab, String> {
-    if rtt_ms == 0 {
-        Lab::try_up()
-    } else {
-        Err(format!(
-            "not measured: no {rtt_ms} ms RTT without the lab's delay relay (not on main yet)"
-        ))
+    let mut last = String::new();
+    for _ in 0..3 {
+        let lab = if rtt_ms == 0 {
+            Lab::try_up()
+        } else {
+            Lab::try_up_with(LabOptions {
+                rtt: Duration::from_millis(u64::from(rtt_ms)),
+                ..LabOptions::default()
+            })
+        };
+        match lab {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
     }
+    Err(format!("no lab: {}", last.lines().next().unwrap_or("")))
 }
 
 /// A lab with this RTT and the wisp registrar in it.
@@ -138,6 +151,127 @@ impl Drop for IpShell {
     }
 }
 
+/// What the MPTCP path-manager helper is told.
+enum PmMsg {
+    /// A line of `ip mptcp monitor`.
+    Event(String),
+    /// Delete endpoint `id` once a subflow from `new_ip` is established
+    /// (or after `limit`).
+    DeleteWhenUp {
+        id: usize,
+        new_ip: String,
+        limit: Duration,
+    },
+    /// Delete endpoint `id` now.
+    Delete(usize),
+    Stop,
+}
+
+/// Plays the part of a path-manager daemon on the mobile host, as well as
+/// one can: it watches `ip mptcp monitor` and deletes the old address's
+/// endpoint the moment the subflow from the new address is established,
+/// so that the REMOVE_ADDR travels on a working subflow and the peer stops
+/// scheduling on the dead one at once. (Deleting it with the address, as a
+/// daemon following RTM_DELADDR does, leaves the peer retransmitting on the
+/// dead subflow until its own timers give up: about a second at 0 ms RTT,
+/// trickles of 200+ ms at 20 ms. Deleting it a fixed 50 ms later at 20 ms
+/// RTT stalled the downlink ~95 ms once. Even at the best moment, the
+/// data the peer had sent on the dead subflow waits for MPTCP's own
+/// retransmission timer: 120-320 ms at 20 ms RTT.)
+struct MptcpPm {
+    tx: std::sync::mpsc::Sender<PmMsg>,
+    monitor: std::process::Child,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl MptcpPm {
+    fn new(ns: &str) -> MptcpPm {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel::<PmMsg>();
+        let mut monitor = Command::new("ip")
+            .args(["-n", ns, "mptcp", "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ip mptcp monitor");
+        let out = std::io::BufReader::new(monitor.stdout.take().unwrap());
+        let events = tx.clone();
+        let reader = std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if events.send(PmMsg::Event(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut shell = IpShell::new(ns);
+        let worker = std::thread::spawn(move || {
+            let mut pending: Option<(usize, String, Instant)> = None;
+            loop {
+                let msg = match &pending {
+                    Some((_, _, until)) => {
+                        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(m) => m,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                let (id, _, _) = pending.take().unwrap();
+                                shell.run(&format!("mptcp endpoint delete id {id}\n"));
+                                continue;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    None => match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => return,
+                    },
+                };
+                match msg {
+                    PmMsg::Event(line) => {
+                        let up = pending.as_ref().is_some_and(|(_, ip, _)| {
+                            line.contains("SF_ESTABLISHED")
+                                && line.contains(&format!("saddr4={ip} "))
+                        });
+                        if up {
+                            let (id, _, _) = pending.take().unwrap();
+                            shell.run(&format!("mptcp endpoint delete id {id}\n"));
+                        }
+                    }
+                    PmMsg::DeleteWhenUp { id, new_ip, limit } => {
+                        if let Some((old, _, _)) = pending.take() {
+                            shell.run(&format!("mptcp endpoint delete id {old}\n"));
+                        }
+                        pending = Some((id, new_ip, Instant::now() + limit));
+                    }
+                    PmMsg::Delete(id) => {
+                        shell.run(&format!("mptcp endpoint delete id {id}\n"));
+                    }
+                    PmMsg::Stop => return,
+                }
+            }
+        });
+        MptcpPm {
+            tx,
+            monitor,
+            threads: vec![reader, worker],
+        }
+    }
+
+    fn send(&self, m: PmMsg) {
+        let _ = self.tx.send(m);
+    }
+}
+
+impl Drop for MptcpPm {
+    fn drop(&mut self) {
+        let _ = self.tx.send(PmMsg::Stop);
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The mobile host's two links, moved through one running `ip -batch` (the
 /// same addresses and routes as `scripts/lab move`, without its per-move
 /// bash, locking and process starts). The lab's state file is not updated:
@@ -154,7 +288,7 @@ pub struct Mobile {
     gw6: [String; 2],
     dev: [String; 2],
     /// MPTCP endpoints follow the addresses (see [`Mobile::mptcp_setup`]).
-    mptcp: bool,
+    pm: Option<MptcpPm>,
 }
 
 impl Mobile {
@@ -174,7 +308,7 @@ impl Mobile {
             gw4: [v("ROUTER_MOBILE_A_IP"), v("ROUTER_MOBILE_B_IP")],
             gw6: [v("ROUTER_MOBILE_A_IP6"), v("ROUTER_MOBILE_B_IP6")],
             dev: [v("MOBILE_IF_A"), v("MOBILE_IF_B")],
-            mptcp: false,
+            pm: None,
         }
     }
 
@@ -186,12 +320,9 @@ impl Mobile {
     /// MPTCP with the kernel's path manager on both hosts: room for
     /// subflows, and a `subflow` endpoint for the mobile host's address
     /// (endpoint id 1 for link a, 2 for link b). At each move the new
-    /// address's endpoint is added in the same batch as the address (no
-    /// daemon's reaction time) and the old one deleted right after it, so
-    /// the REMOVE_ADDR travels on the new subflow and the peer reinjects at
-    /// once: deleting the old endpoint first (what a daemon following
-    /// RTM_DELADDR then RTM_NEWADDR does) left the peer retransmitting on
-    /// the dead subflow for about a second in this lab.
+    /// address's endpoint is added right after the address (no daemon's
+    /// reaction time), and the old one is deleted as soon as the new
+    /// subflow is up (see `MptcpPm`).
     pub fn mptcp_setup(&mut self) {
         for ns in [&self.ns, &self.ns_corr] {
             ip_batch(
@@ -201,7 +332,7 @@ impl Mobile {
         }
         let add = self.endpoint_add(self.cur);
         self.ip.run(&add);
-        self.mptcp = true;
+        self.pm = Some(MptcpPm::new(&self.ns));
     }
 
     fn endpoint_add(&self, i: usize) -> String {
@@ -211,10 +342,6 @@ impl Mobile {
             self.dev[i],
             i + 1
         )
-    }
-
-    fn endpoint_del(&self, i: usize) -> String {
-        format!("mptcp endpoint delete id {}\n", i + 1)
     }
 
     fn detach(&self, i: usize, metric: u32) -> String {
@@ -254,10 +381,15 @@ impl Mobile {
         let t = epoch();
         self.ip.run(&b);
         let t1 = epoch();
-        if self.mptcp {
-            // Separately: deleting an endpoint waits for an RCU grace
-            // period (10-30 ms here), which would blur when the move was.
-            let e = self.endpoint_add(new) + &self.endpoint_del(old);
+        if let Some(pm) = &self.pm {
+            // Told before the endpoint exists, so that its subflow's
+            // SF_ESTABLISHED cannot come first.
+            pm.send(PmMsg::DeleteWhenUp {
+                id: old + 1,
+                new_ip: self.ip4[new].clone(),
+                limit: Duration::from_secs(3),
+            });
+            let e = self.endpoint_add(new);
             self.ip.run(&e);
         }
         self.cur = new;
@@ -272,7 +404,7 @@ impl Mobile {
         let t = epoch();
         self.ip.run(&b);
         let t1 = epoch();
-        if self.mptcp {
+        if self.pm.is_some() {
             let e = self.endpoint_add(new);
             self.ip.run(&e);
         }
@@ -296,9 +428,9 @@ impl Mobile {
         let t = epoch();
         self.ip.run(&b);
         let t1 = epoch();
-        if self.mptcp {
-            let e = self.endpoint_del(old);
-            self.ip.run(&e);
+        if let Some(pm) = &self.pm {
+            // Its subflow has been up for the whole overlap.
+            pm.send(PmMsg::Delete(old + 1));
         }
         self.cur = new;
         (t, t1)

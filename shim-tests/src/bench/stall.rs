@@ -23,7 +23,7 @@
 //!
 //! The library's move line (the mobile side's `move stream=...`) gives the
 //! parts of a move; its fields are read by name and any missing one is
-//! left out.
+//! left out. `WISP_BENCH_RTTS=20,100` measures only those RTTs.
 
 use super::moves::{self, epoch, Flow, Mobile, MoveLines, Proto};
 use super::{Ctx, Row, Stats, Target};
@@ -279,7 +279,8 @@ fn measure(
             let after = |p: &std::path::Path| {
                 let tr = moves::read_trace(p);
                 let at = |t: f64| tr.iter().take_while(|x| x.0 < t).last().map_or(0, |x| x.1);
-                at(t_end) - at(t0 + 0.005)
+                // What was in flight at the change may still arrive.
+                at(t_end) - at(t0 + r + 0.005)
             };
             let (up, down) = (after(&f.srv_trace), after(&f.cli_trace));
             let errors: Vec<String> = [&f.srv, &f.cli]
@@ -420,10 +421,11 @@ fn sleep_until(t: f64, lines: &mut MoveLines) {
 /// Display names of the move line's fields, in timeline order.
 const FIELDS: &[(&str, &str)] = &[
     ("detect_to_invite_ms", "detection → re-INVITE sent"),
-    ("invite_to_answer_ms", "re-INVITE → answer"),
+    ("invite_to_answer_ms", "re-INVITE sent → answered"),
     ("tcp_up_ms", "detection → new TCP connection up"),
-    ("resume_ack_ms", "detection → resume Ack"),
     ("first_resent_ms", "detection → first resent byte"),
+    ("ack_ms", "detection → resume Ack"),
+    ("resume_ack_ms", "detection → resume Ack"),
     ("stall_ms", "program's calls held (freeze → swap)"),
     ("done_ms", "detection → move done"),
 ];
@@ -431,7 +433,7 @@ const FIELDS: &[(&str, &str)] = &[
 pub fn run(ctx: &Ctx) -> Vec<Row> {
     let mut rows = Vec::new();
     let kinds = [Kind::Bbm, Kind::Mbb];
-    for rtt in RTTS {
+    for rtt in rtts(&RTTS) {
         match measure(rtt, &kinds, ctx.runs) {
             Ok((m, plot)) => {
                 let mut raw = m.raw.clone();
@@ -448,6 +450,18 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// The RTTs to measure: `all`, or those of them listed in
+/// `WISP_BENCH_RTTS` (comma-separated ms), for working on one of them.
+pub fn rtts(all: &[u32]) -> Vec<u32> {
+    match std::env::var("WISP_BENCH_RTTS") {
+        Ok(v) => {
+            let want: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            all.iter().copied().filter(|r| want.contains(r)).collect()
+        }
+        Err(_) => all.to_vec(),
+    }
 }
 
 /// A picture for the `plot` section when the stall section did not run:

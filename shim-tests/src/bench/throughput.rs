@@ -22,7 +22,7 @@ const WISP_PORT: u16 = 5202;
 
 pub fn run(ctx: &Ctx) -> Vec<Row> {
     let mut rows = Vec::new();
-    for rtt in RTTS {
+    for rtt in super::stall::rtts(&RTTS) {
         // Both directions where the CPU is the limit; at 20 ms the window
         // is, and one direction says as much.
         let dirs: &[bool] = if rtt == 0 { &[false, true] } else { &[false] };
