@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
     };
     let path = ctx.out.join("move.svg");
     let note = match std::fs::write(&path, svg(&p)) {
-        Ok(()) => format!("pictured in {}", path.display()),
+        Ok(()) => "pictured in move.svg (output directory)".to_string(),
         Err(e) => format!("could not write {}: {e}", path.display()),
     };
     p.series
@@ -61,6 +61,16 @@ fn color(name: &str) -> &'static str {
     }
 }
 
+/// A tick label: no "-0", no float noise.
+fn label(v: f64) -> String {
+    let r = (v * 1000.0).round() / 1000.0;
+    if r == 0.0 {
+        "0".into()
+    } else {
+        format!("{r}")
+    }
+}
+
 /// A step of 1, 2 or 5 times a power of ten giving about `n` ticks.
 fn tick_step(span: f64, n: f64) -> f64 {
     let raw = (span / n).max(1e-9);
@@ -76,10 +86,23 @@ fn tick_step(span: f64, n: f64) -> f64 {
 /// sender's schedule as a dashed reference line.
 pub fn svg(p: &PlotData) -> String {
     let rtt = f64::from(p.rtt_ms);
-    let worst = p.series.iter().filter_map(|s| s.stall).fold(0.0, f64::max);
-    let x0 = -(50f64.max(2.0 * rtt));
-    let x1 = (3.0 * worst + 4.0 * rtt).clamp(150.0, p.after_ms.max(150.0));
     let rate = CHUNK as f64 / 1024.0 / (EVERY_US as f64 / 1e3); // KiB per ms
+                                                                // Show every stream that recovered until it has caught up with what
+                                                                // the sender wrote (within 8 KiB), with a margin.
+    let caught_at: Vec<Option<f64>> = p
+        .series
+        .iter()
+        .map(|s| {
+            let stall = s.stall?;
+            s.points
+                .iter()
+                .find(|&&(x, y)| x > stall && y >= x * rate - 8.0)
+                .map(|&(x, _)| x)
+        })
+        .collect();
+    let caught = caught_at.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+    let x0 = -(50f64.max(2.0 * rtt));
+    let x1 = (1.15 * caught + 2.0 * rtt).clamp(150.0, p.after_ms.max(150.0));
     let mut y0: f64 = x0 * rate;
     let mut y1: f64 = x1 * rate;
     for s in &p.series {
@@ -90,8 +113,8 @@ pub fn svg(p: &PlotData) -> String {
             }
         }
     }
-    let (w, h) = (860.0, 480.0);
-    let (l, r, t, b) = (70.0, 250.0, 50.0, 55.0);
+    let (w, h) = (900.0, 480.0);
+    let (l, r, t, b) = (70.0, 260.0, 50.0, 55.0);
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let py = |y: f64| h - b - (y - y0) / (y1 - y0).max(1e-9) * (h - t - b);
     let mut o = String::new();
@@ -123,7 +146,7 @@ pub fn svg(p: &PlotData) -> String {
             t,
             h - b,
             h - b + 16.0,
-            x
+            label(x)
         );
         x += xs;
     }
@@ -138,7 +161,7 @@ pub fn svg(p: &PlotData) -> String {
             w - r,
             l - 6.0,
             py(y) + 4.0,
-            y
+            label(y)
         );
         y += ys;
     }
@@ -206,20 +229,23 @@ pub fn svg(p: &PlotData) -> String {
     // Legend.
     let mut ly = t + 10.0;
     let lx = w - r + 15.0;
-    for s in &p.series {
-        let what = match s.stall {
-            Some(ms) => format!("{}: stall {ms:.1} ms", s.name),
-            None => format!("{}: no byte after the move", s.name),
+    for (s, caught) in p.series.iter().zip(&caught_at) {
+        let what = match (s.stall, caught) {
+            (Some(ms), Some(c)) => format!("stall {ms:.0} ms, caught up at {c:.0} ms"),
+            (Some(ms), None) => format!("stall {ms:.0} ms"),
+            (None, _) => "no byte after the move".to_string(),
         };
         let _ = writeln!(
             o,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{what}</text>"#,
+            r##"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/><text x="{x}" y="{}">{}</text><text x="{x}" y="{}" fill="#555">{what}</text>"##,
             lx + 22.0,
             color(&s.name),
-            lx + 28.0,
-            ly + 4.0
+            ly + 4.0,
+            s.name,
+            ly + 19.0,
+            x = lx + 28.0,
         );
-        ly += 20.0;
+        ly += 38.0;
     }
     let _ = writeln!(
         o,
@@ -242,6 +268,9 @@ mod tests {
         assert_eq!(tick_step(100.0, 10.0), 10.0);
         assert_eq!(tick_step(130.0, 8.0), 20.0);
         assert_eq!(tick_step(3.0, 6.0), 0.5);
+        assert_eq!(label(-0.0), "0");
+        assert_eq!(label(0.1 + 0.2), "0.3");
+        assert_eq!(label(-50.0), "-50");
     }
 
     #[test]
@@ -265,8 +294,8 @@ mod tests {
         };
         let s = svg(&p);
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-        assert!(s.contains("wisp: stall 32.0 ms"));
-        assert!(s.contains("plain TCP: no byte after the move"));
+        assert!(s.contains(">stall 32 ms, caught up at 33 ms<"));
+        assert!(s.contains(">no byte after the move<"));
         assert_eq!(s.matches("<path").count(), 2);
     }
 }

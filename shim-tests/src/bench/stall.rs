@@ -11,15 +11,23 @@
 //! first, the old one removed after an overlap), with a quiet second before
 //! each.
 //!
-//! A move's **stall** is the longest pause between two arrivals at either
-//! receiver that ended within the move's window (or was still open at its
-//! end), read off the receivers' arrival traces. The **recovery** is how far
-//! the receiver fell behind the sender's fixed schedule at worst, less how
-//! far behind it was before the move: for a clean stall it equals the
-//! stall, but a stream that restarts in trickles shows its whole disruption
-//! there. The **noise floor** is the longest pause in the quiet second
-//! before each move, when nothing moves: on a shared 2-core machine it is
-//! not zero, and it bounds what a make-before-break stall can show.
+//! A move's **stall** is the longest pause between two arrivals, at either
+//! receiver, that overlaps the moment the path changed (widened by one RTT
+//! and 20 ms for what was in flight; for make-before-break, the switch
+//! window after the new address appears and the moment the old one goes),
+//! read off the receivers' arrival traces. The **recovery** is how stale
+//! the receiver's newest byte got at worst against the sender's fixed
+//! schedule, less how stale it was before the move: for a clean stall it
+//! is about the stall, but a stream that restarts in trickles (MPTCP's
+//! peer waiting on its retransmission timer) shows its whole disruption
+//! there. The **noise floor** is the same pause measure over an equally
+//! long span of the quiet second before the move, when nothing moves: on a
+//! shared 2-core machine it is not zero, and it bounds what a
+//! make-before-break stall can show.
+//!
+//! MPTCP gets its best case: the new address's `subflow` endpoint is added
+//! right after the address and the old one deleted the moment the new
+//! subflow is established (see `moves::Mobile::mptcp_setup`).
 //!
 //! The library's move line (the mobile side's `move stream=...`) gives the
 //! parts of a move; its fields are read by name and any missing one is
@@ -202,7 +210,7 @@ fn windows(rtt: u32) -> (f64, f64) {
     let rtt = f64::from(rtt) / 1e3;
     // (break-before-make: time allowed to recover; make-before-break: the
     // overlap of the two addresses)
-    (1.0 + 10.0 * rtt, 0.5 + 5.0 * rtt)
+    (2.0 + 15.0 * rtt, 0.5 + 5.0 * rtt)
 }
 
 /// Runs the three flows in a lab with this RTT through `per_kind` moves of
