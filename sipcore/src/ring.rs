@@ -132,8 +132,8 @@ impl ReplayRing {
         let size = self.buf.len();
         let tail = (self.head + self.len) % size;
         let first = n.min(size - tail);
-        copy_cold(&mut self.buf[tail..tail + first], &data[..first]);
-        copy_cold(&mut self.buf[..n - first], &data[first..n]);
+        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        self.buf[..n - first].copy_from_slice(&data[first..n]);
         self.len += n;
         self.tx += n as u64;
         n
@@ -209,47 +209,6 @@ impl ReplayRing {
     }
 }
 
-/// Copy into the ring. The ring is written once and read back only if a
-/// move needs a resend, and it is as big as the socket's send buffer, so
-/// the line a push writes has long left the cache: a plain copy first
-/// reads every destination line from memory (and evicts the kernel's hot
-/// socket buffers to make room for lines nobody will read). Large copies
-/// therefore use non-temporal stores, which write around the cache.
-fn copy_cold(dst: &mut [u8], src: &[u8]) {
-    debug_assert_eq!(dst.len(), src.len());
-    #[cfg(target_arch = "x86_64")]
-    if src.len() >= 4096 {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-        // Head up to a 16-byte aligned destination.
-        let lead = dst.as_ptr().align_offset(16).min(src.len());
-        dst[..lead].copy_from_slice(&src[..lead]);
-        let body = (src.len() - lead) / 64 * 64;
-        // SAFETY: SSE2 is part of x86_64; every pointer stays inside
-        // `dst[lead..lead + body]` / `src[lead..lead + body]`, and the
-        // destination is 16-byte aligned as _mm_stream_si128 requires.
-        unsafe {
-            let d = dst.as_mut_ptr().add(lead) as *mut __m128i;
-            let s = src.as_ptr().add(lead) as *const __m128i;
-            for i in (0..body / 16).step_by(4) {
-                let a = _mm_loadu_si128(s.add(i));
-                let b = _mm_loadu_si128(s.add(i + 1));
-                let c = _mm_loadu_si128(s.add(i + 2));
-                let e = _mm_loadu_si128(s.add(i + 3));
-                _mm_stream_si128(d.add(i), a);
-                _mm_stream_si128(d.add(i + 1), b);
-                _mm_stream_si128(d.add(i + 2), c);
-                _mm_stream_si128(d.add(i + 3), e);
-            }
-            // Streaming stores are weakly ordered: fence them before the
-            // ring's counters say the bytes are there.
-            _mm_sfence();
-        }
-        dst[lead + body..].copy_from_slice(&src[lead + body..]);
-        return;
-    }
-    dst.copy_from_slice(src);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,24 +235,6 @@ mod tests {
         assert_eq!(r.push(b"ld!!!!!"), 6);
         assert_eq!(joined(&r, 6), b"orld!!!!");
         assert_eq!(r.tx(), 14);
-    }
-
-    #[test]
-    fn cold_copies_are_exact_at_any_alignment() {
-        let src: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        for len in [0, 1, 63, 4095, 4096, 4097, 4160, 10_000, 65_549] {
-            for off in 0..17 {
-                let mut dst = vec![0xAAu8; len + 40];
-                copy_cold(&mut dst[off..off + len], &src[3..3 + len]);
-                assert_eq!(
-                    &dst[off..off + len],
-                    &src[3..3 + len],
-                    "len {len} offset {off}"
-                );
-                assert!(dst[..off].iter().all(|&b| b == 0xAA));
-                assert!(dst[off + len..].iter().all(|&b| b == 0xAA));
-            }
-        }
     }
 
     #[test]
