@@ -9,7 +9,9 @@
 
 pub mod fdcost;
 pub mod memory;
+pub mod register;
 pub mod report;
+pub mod setup;
 pub mod startup;
 
 pub use report::{Ctx, Row, Stats, Target};
@@ -37,5 +39,15 @@ pub const SECTIONS: &[Section] = &[
         name: "memory",
         about: "resident memory per wisp stream, idle and sending",
         run: memory::run,
+    },
+    Section {
+        name: "setup",
+        about: "connection set-up by name (wisp registrar, Kamailio) against plain TCP",
+        run: setup::run,
+    },
+    Section {
+        name: "register",
+        about: "registrar REGISTER/s on one core, wisp registrar against Kamailio",
+        run: register::run,
     },
 ];
