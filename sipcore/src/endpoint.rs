@@ -51,7 +51,7 @@ impl SansIo for Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
     pub branch: String,
-    pub method: String,
+    pub method: Method,
     pub client: bool,
 }
 
@@ -187,9 +187,9 @@ impl Endpoint {
         let key = TxKey {
             branch: branch.clone(),
             method: if method == Method::ACK {
-                Method::INVITE.to_string()
+                Method::INVITE
             } else {
-                method.to_string()
+                method.clone()
             },
             client: false,
         };
@@ -231,7 +231,7 @@ impl Endpoint {
         let key = match (m.branch(), m.cseq()) {
             (Some(branch), Ok(cseq)) => TxKey {
                 branch,
-                method: cseq.method.to_string(),
+                method: cseq.method,
                 client: true,
             },
             _ => return,
@@ -266,7 +266,7 @@ impl Endpoint {
     pub fn send_request(&mut self, req: Message, to: Peer, now: Instant) -> TxKey {
         let key = TxKey {
             branch: req.branch().unwrap_or_default(),
-            method: req.method().map(|m| m.to_string()).unwrap_or_default(),
+            method: req.method().cloned().unwrap_or(Method::OPTIONS),
             client: true,
         };
         let (tx, first) = Tx::client(req, to, self.config.timers, now);
@@ -277,7 +277,7 @@ impl Endpoint {
 
     /// Answer the server transaction `key`.
     pub fn respond(&mut self, key: &TxKey, mut resp: Message, now: Instant) {
-        if !resp.headers.contains(&Name::SERVER) {
+        if resp.raw(&Name::SERVER).is_none() {
             resp.add(Name::SERVER, self.config.user_agent.clone());
         }
         let Some(slot) = self.txs.get_mut(key) else {
@@ -324,7 +324,7 @@ impl Endpoint {
     pub fn invite_for_cancel(&self, branch: &str) -> Option<TxKey> {
         let key = TxKey {
             branch: branch.to_string(),
-            method: Method::INVITE.to_string(),
+            method: Method::INVITE,
             client: false,
         };
         self.txs.contains_key(&key).then_some(key)

@@ -718,7 +718,10 @@ impl Message {
             if same_name(name, &Name::CONTENT_LENGTH) {
                 continue;
             }
-            let _ = write!(out, "{}: {}\r\n", name.as_print_str(), value);
+            out.push_str(name.as_print_str());
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
         }
         let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
         let mut bytes = out.into_bytes();
