@@ -9,7 +9,8 @@
 
 use crate::msg::{self, Message, Method, Name};
 use crate::transaction::{Output, Peer, Timers, Transport, Tx};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,10 @@ impl SansIo for Endpoint {
 }
 
 /// Names one transaction: its branch and the method it matches on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
     pub branch: String,
-    pub method: String,
+    pub method: Method,
     pub client: bool,
 }
 
@@ -108,10 +109,27 @@ struct PendingOk {
     key: TxKey,
 }
 
+/// A transaction and the instant its entry in [`Endpoint::timers`] was
+/// made for.
+#[derive(Debug)]
+struct Slot {
+    tx: Tx,
+    armed: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct Endpoint {
     pub config: Config,
-    txs: HashMap<TxKey, Tx>,
+    /// Boxed: the table doubles as it grows, and a slot is hundreds of
+    /// bytes; a pointer per bucket keeps the empty half small.
+    txs: HashMap<TxKey, Box<Slot>>,
+    /// Every transaction's next timer, soonest first, so that neither
+    /// [`Endpoint::poll_timeout`] nor [`Endpoint::handle_timeout`] walks all
+    /// transactions (a registrar holds tens of thousands, each for Timer J's
+    /// 32 s). An entry whose instant is not its slot's `armed` is stale (the
+    /// timer moved, or the transaction ended) and is skipped; the top entry
+    /// is never stale between calls, so `poll_timeout` is exact.
+    timers: BinaryHeap<Reverse<(Instant, TxKey)>>,
     pending_oks: HashMap<(String, u32), PendingOk>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -169,18 +187,19 @@ impl Endpoint {
         let key = TxKey {
             branch: branch.clone(),
             method: if method == Method::ACK {
-                Method::INVITE.to_string()
+                Method::INVITE
             } else {
-                method.to_string()
+                method.clone()
             },
             client: false,
         };
-        if let Some(tx) = self.txs.get_mut(&key) {
-            let outputs = tx.on_request(&m, now);
-            let peer = tx.peer;
+        if let Some(slot) = self.txs.get_mut(&key) {
+            let outputs = slot.tx.on_request(&m, now);
+            let peer = slot.tx.peer;
             // An ACK that reaches an INVITE transaction we answered 2xx is
             // the end-to-end ACK: the TU sees it (RFC 6026 §8.7).
-            let accepted = tx.state == crate::transaction::State::Accepted;
+            let accepted = slot.tx.state == crate::transaction::State::Accepted;
+            self.rearm(&key);
             self.apply(&key, peer, outputs);
             if method == Method::ACK && accepted {
                 self.events.push_back(Event::Ack { msg: m, from });
@@ -198,14 +217,13 @@ impl Endpoint {
             Transport::Udp => Peer {
                 transport: Transport::Udp,
                 addr: m
-                    .vias()
-                    .first()
+                    .top_via_text()
                     .and_then(|v| msg::response_target(v, 5060))
                     .unwrap_or(from.addr),
             },
         };
         let tx = Tx::server(m.clone(), reply_to, self.config.timers);
-        self.txs.insert(key.clone(), tx);
+        self.insert(key.clone(), tx);
         self.events.push_back(Event::Request { key, msg: m, from });
     }
 
@@ -213,15 +231,16 @@ impl Endpoint {
         let key = match (m.branch(), m.cseq()) {
             (Some(branch), Ok(cseq)) => TxKey {
                 branch,
-                method: cseq.method.to_string(),
+                method: cseq.method,
                 client: true,
             },
             _ => return,
         };
         match self.txs.get_mut(&key) {
-            Some(tx) => {
-                let outputs = tx.on_response(m, now);
-                let peer = tx.peer;
+            Some(slot) => {
+                let outputs = slot.tx.on_response(m, now);
+                let peer = slot.tx.peer;
+                self.rearm(&key);
                 self.apply(&key, peer, outputs);
             }
             None => self.events.push_back(Event::StrayResponse { msg: m, from }),
@@ -247,29 +266,30 @@ impl Endpoint {
     pub fn send_request(&mut self, req: Message, to: Peer, now: Instant) -> TxKey {
         let key = TxKey {
             branch: req.branch().unwrap_or_default(),
-            method: req.method().map(|m| m.to_string()).unwrap_or_default(),
+            method: req.method().cloned().unwrap_or(Method::OPTIONS),
             client: true,
         };
         let (tx, first) = Tx::client(req, to, self.config.timers, now);
-        self.txs.insert(key.clone(), tx);
+        self.insert(key.clone(), tx);
         self.apply(&key, to, vec![first]);
         key
     }
 
     /// Answer the server transaction `key`.
     pub fn respond(&mut self, key: &TxKey, mut resp: Message, now: Instant) {
-        if !resp.headers.contains(&Name::SERVER) {
+        if resp.raw(&Name::SERVER).is_none() {
             resp.add(Name::SERVER, self.config.user_agent.clone());
         }
-        let Some(tx) = self.txs.get_mut(key) else {
+        let Some(slot) = self.txs.get_mut(key) else {
             return;
         };
+        let tx = &mut slot.tx;
         let peer = tx.peer;
         let outputs = tx.respond(&resp, now);
         let code = resp.code().unwrap_or(0);
         if self.config.retransmit_2xx
             && (200..300).contains(&code)
-            && tx.request().method() == Some(&Method::INVITE)
+            && tx.kind == crate::transaction::Kind::ServerInvite
         {
             if let (Ok(cid), Ok(cseq)) = (resp.call_id(), resp.cseq()) {
                 let t1 = self.config.timers.t1;
@@ -286,6 +306,7 @@ impl Endpoint {
                 );
             }
         }
+        self.rearm(key);
         self.apply(key, peer, outputs);
     }
 
@@ -303,7 +324,7 @@ impl Endpoint {
     pub fn invite_for_cancel(&self, branch: &str) -> Option<TxKey> {
         let key = TxKey {
             branch: branch.to_string(),
-            method: Method::INVITE.to_string(),
+            method: Method::INVITE,
             client: false,
         };
         self.txs.contains_key(&key).then_some(key)
@@ -311,7 +332,7 @@ impl Endpoint {
 
     /// The request that opened transaction `key` (either side).
     pub fn request(&self, key: &TxKey) -> Option<&Message> {
-        self.txs.get(key).map(|t| t.request())
+        self.txs.get(key).and_then(|s| s.tx.request())
     }
 
     pub fn is_live(&self, key: &TxKey) -> bool {
@@ -322,7 +343,7 @@ impl Endpoint {
     pub fn is_proceeding(&self, key: &TxKey) -> bool {
         self.txs
             .get(key)
-            .is_some_and(|t| t.state == crate::transaction::State::Proceeding)
+            .is_some_and(|s| s.tx.state == crate::transaction::State::Proceeding)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -334,26 +355,36 @@ impl Endpoint {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let txs = self.txs.values().filter_map(|t| t.next_timer());
+        let txs = self.timers.peek().map(|Reverse((at, _))| *at);
         let oks = self.pending_oks.values().map(|p| p.next.min(p.give_up));
-        txs.chain(oks).min()
+        txs.into_iter().chain(oks).min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<TxKey> = self
-            .txs
-            .iter()
-            .filter(|(_, t)| t.next_timer().is_some_and(|at| at <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            if let Some(tx) = self.txs.get_mut(&key) {
-                let outputs = tx.on_timer(now);
-                let peer = tx.peer;
-                self.apply(&key, peer, outputs);
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
             }
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
+            let Some(slot) = self.txs.get_mut(&key) else {
+                continue;
+            };
+            if slot.armed != Some(at) {
+                continue;
+            }
+            slot.armed = None;
+            let outputs = slot.tx.on_timer(now);
+            let peer = slot.tx.peer;
+            if slot.tx.is_terminated() {
+                self.txs.remove(&key);
+            } else {
+                self.rearm(&key);
+            }
+            self.apply(&key, peer, outputs);
         }
-        self.txs.retain(|_, t| !t.is_terminated());
+        self.drop_stale();
 
         let t2 = self.config.timers.t2;
         let mut gave_up = Vec::new();
@@ -373,6 +404,41 @@ impl Endpoint {
             if let Some(p) = self.pending_oks.remove(&id) {
                 self.events.push_back(Event::Timeout { key: p.key });
             }
+        }
+    }
+
+    fn insert(&mut self, key: TxKey, tx: Tx) {
+        self.txs
+            .insert(key.clone(), Box::new(Slot { tx, armed: None }));
+        self.rearm(&key);
+    }
+
+    /// After a transaction's timers may have moved: queue its next one.
+    fn rearm(&mut self, key: &TxKey) {
+        let Some(slot) = self.txs.get_mut(key) else {
+            return;
+        };
+        let next = slot.tx.next_timer();
+        if next == slot.armed {
+            return;
+        }
+        slot.armed = next;
+        if let Some(at) = next {
+            self.timers.push(Reverse((at, key.clone())));
+        }
+        self.drop_stale();
+    }
+
+    /// Pop stale entries off the top of the timer heap, so the top is a
+    /// live timer (what `poll_timeout` reports). Stale entries deeper down
+    /// wait until they reach the top.
+    fn drop_stale(&mut self) {
+        while let Some(Reverse((at, key))) = self.timers.peek() {
+            let live = self.txs.get(key).is_some_and(|s| s.armed == Some(*at));
+            if live {
+                break;
+            }
+            self.timers.pop();
         }
     }
 
@@ -516,6 +582,75 @@ Call-ID: c1@abcd.com\r\nCSeq: 7 INVITE\r\nContact: <sip:fred@127.0.0.1:5060>\r\n
         uas.handle_timeout(t0 + Duration::from_secs(10));
         let (t, ev) = drain(&mut uas);
         assert!(t.is_empty() && ev.is_empty());
+    }
+
+    fn register(branch: &str) -> Vec<u8> {
+        format!(
+            "REGISTER sip:wxyz.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\nTo: <sip:bob@wxyz.com>\r\nFrom: <sip:bob@wxyz.com>;tag=f1\r\n\
+Call-ID: {branch}@h\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@127.0.0.1:5060>\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// The timer index answers what a walk over every transaction would:
+    /// the soonest timer, also after timers moved later or went away.
+    #[test]
+    fn poll_timeout_follows_moved_and_finished_timers() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut ep = Endpoint::new(Config::default());
+        // A client OPTIONS: Timer E at T1, Timer F at 64·T1.
+        let mut options = invite();
+        options.line = Message::request(Method::OPTIONS, options.uri().unwrap().clone()).line;
+        options.set(Name::CSEQ, "8 OPTIONS");
+        ep.send_request(options, peer(5070), t0);
+        let (t, _) = drain(&mut ep);
+        let sent = Message::parse(&t[0].bytes).unwrap();
+        assert_eq!(ep.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        // Two REGISTERs in, answered at 1 s and 2 s: Timer J for each.
+        for b in ["z9hG4bKa", "z9hG4bKb"] {
+            ep.receive(&register(b), peer(5060), t0);
+        }
+        let (_, ev) = drain(&mut ep);
+        let keys: Vec<TxKey> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Request { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys.len(), 2);
+        for (i, key) in keys.iter().enumerate() {
+            let req = ep.request(key).unwrap().clone();
+            ep.respond(
+                key,
+                Message::response_to(&req, 200, Some("t")),
+                t0 + s(1 + i as u64),
+            );
+        }
+        // The answered REGISTERs let go of their requests.
+        assert!(ep.request(&keys[0]).is_none());
+        // A 200 for the OPTIONS moves its timer from T1 to T4 later.
+        drain(&mut ep);
+        let ok = Message::response_to(&sent, 200, Some("u"));
+        ep.receive(&ok.to_bytes(), peer(5070), t0 + Duration::from_millis(100));
+        let (_, ev) = drain(&mut ep);
+        assert!(matches!(ev[..], [Event::Response { .. }]), "{ev:?}");
+        assert_eq!(ep.poll_timeout(), Some(t0 + Duration::from_millis(5100)));
+        ep.handle_timeout(t0 + s(6));
+        assert_eq!(ep.transaction_count(), 2);
+        assert_eq!(ep.poll_timeout(), Some(t0 + s(33)));
+        ep.handle_timeout(t0 + s(33));
+        assert_eq!(ep.transaction_count(), 1);
+        assert_eq!(ep.poll_timeout(), Some(t0 + s(34)));
+        // A retransmitted REGISTER still gets the stored answer.
+        ep.receive(&register("z9hG4bKb"), peer(5060), t0 + s(33));
+        let (t, ev) = drain(&mut ep);
+        assert_eq!((t.len(), ev.len()), (1, 0));
+        ep.handle_timeout(t0 + s(34));
+        assert_eq!((ep.transaction_count(), ep.poll_timeout()), (0, None));
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub struct Config {
     /// A name the driver never answers for is given up after this (503).
     pub resolve_timeout: Duration,
     pub user_agent: String,
+    /// Whether to keep the one-line-per-transaction log that
+    /// [`Proxy::poll_log`] hands out. A driver that would throw the lines
+    /// away says no, and the proxy does not spend time writing them.
+    pub log: bool,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Config {
             max_pending_resolves: 1_024,
             resolve_timeout: Duration::from_secs(10),
             user_agent: format!("wisp-proxy/{}", env!("CARGO_PKG_VERSION")),
+            log: true,
         }
     }
 }
@@ -1252,6 +1257,9 @@ impl Proxy {
     // ---- log ---------------------------------------------------------------
 
     fn log(&mut self, req: &Message, code: Option<u16>, forwarded: &[String]) {
+        if !self.config.log {
+            return;
+        }
         let uri_of = |h: Result<msg::FromTo, msg::ParseError>| {
             h.map(|v| v.uri.uri.default_print_ctx().to_string())
                 .unwrap_or_else(|_| "-".into())

@@ -7,7 +7,7 @@
 //! refuse. Time only enters through `now`, so expiry is walked in tests by
 //! moving an `Instant` forward.
 
-use crate::msg::{self, Message, Name, SipUri};
+use crate::msg::{self, Host, Message, Name, SipUri};
 use crate::transaction::Peer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -327,19 +327,27 @@ impl Location {
 /// case-sensitive, host not, ports equal only if both present or both
 /// absent, and the params that change where a request goes must agree.
 pub fn same_uri(a: &SipUri, b: &SipUri) -> bool {
-    let host = |u: &SipUri| u.host_port.host.to_string().to_ascii_lowercase();
-    let param = |u: &SipUri, n: &str| {
-        u.uri_params
-            .get(n)
-            .map(|p| p.value.as_ref().map(|v| v.to_ascii_lowercase()))
+    let same_host = match (&a.host_port.host, &b.host_port.host) {
+        (Host::IP4(x), Host::IP4(y)) => x == y,
+        (Host::IP6(x), Host::IP6(y)) => x == y,
+        (Host::Name(x), Host::Name(y)) => x.eq_ignore_ascii_case(y),
+        (x, y) => x.to_string().eq_ignore_ascii_case(&y.to_string()),
+    };
+    let same_param = |n: &str| {
+        let va = a.uri_params.get(n).map(|p| p.value.as_deref());
+        let vb = b.uri_params.get(n).map(|p| p.value.as_deref());
+        match (va, vb) {
+            (Some(Some(x)), Some(Some(y))) => x.eq_ignore_ascii_case(y),
+            (x, y) => x == y,
+        }
     };
     a.sips == b.sips
-        && a.user_part == b.user_part
-        && host(a) == host(b)
         && a.host_port.port == b.host_port.port
+        && a.user_part == b.user_part
+        && same_host
         && ["transport", "user", "method", "maddr", "ttl"]
-            .iter()
-            .all(|n| param(a, n) == param(b, n))
+            .into_iter()
+            .all(same_param)
 }
 
 /// `value` without its `;name[=...]` param (outside `<...>`).

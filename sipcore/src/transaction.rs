@@ -122,8 +122,11 @@ pub struct Tx {
     /// The bytes to retransmit: our request (client) or last response (server).
     last: Vec<u8>,
     /// The request that created the transaction; a client INVITE needs it to
-    /// build the ACK for a non-2xx final response.
-    request: Message,
+    /// build the ACK for a non-2xx final response. A non-INVITE server
+    /// transaction lets go of it once answered: all it does from then on is
+    /// resend `last` (Timer J keeps it 32 s on UDP, and a registrar holds
+    /// tens of thousands of them).
+    request: Option<Message>,
     retransmit: Option<Retransmit>,
     /// The one timer that moves the state on (B, D, F, H, I, J, K, L, M).
     deadline: Option<Instant>,
@@ -160,7 +163,7 @@ impl Tx {
             peer,
             timers,
             last: bytes.clone(),
-            request,
+            request: Some(request),
             retransmit,
             deadline: Some(now + timers.long()),
         };
@@ -184,14 +187,16 @@ impl Tx {
             peer,
             timers,
             last: Vec::new(),
-            request,
+            request: Some(request),
             retransmit: None,
             deadline: None,
         }
     }
 
-    pub fn request(&self) -> &Message {
-        &self.request
+    /// The request that created the transaction; `None` once a non-INVITE
+    /// server transaction has sent its final response.
+    pub fn request(&self) -> Option<&Message> {
+        self.request.as_ref()
     }
 
     pub fn is_terminated(&self) -> bool {
@@ -277,11 +282,15 @@ impl Tx {
     /// The ACK for a non-2xx final response: same branch, the response's To
     /// (RFC 3261 §17.1.1.3), so it ends this very transaction at the peer.
     fn ack_for(&self, resp: &Message) -> Vec<u8> {
-        let mut ack = self.request.clone();
-        if let Some(uri) = self.request.uri().cloned() {
+        // Client INVITE transactions keep their request for their whole life.
+        let Some(request) = &self.request else {
+            return Vec::new();
+        };
+        let mut ack = request.clone();
+        if let Some(uri) = request.uri().cloned() {
             ack.line = Message::request(Method::ACK, uri).line;
         }
-        let top = self.request.headers.get_raw(&Name::VIA).next().cloned();
+        let top = request.headers.get_raw(&Name::VIA).next().cloned();
         ack.headers.remove(&Name::VIA);
         if let Some(top) = top {
             // Only the top element of that line: a request we built has one.
@@ -294,7 +303,7 @@ impl Tx {
         if let Some(to) = resp.raw(&Name::TO) {
             ack.set(Name::TO, to);
         }
-        if let Ok(cseq) = self.request.cseq() {
+        if let Ok(cseq) = request.cseq() {
             ack.set(Name::CSEQ, format!("{} ACK", cseq.cseq));
         }
         for h in [
@@ -345,6 +354,7 @@ impl Tx {
                     self.state = State::Proceeding;
                 } else {
                     self.state = State::Completed;
+                    self.request = None;
                     // Timer J.
                     self.deadline = self.linger(now, self.timers.long());
                 }
@@ -498,7 +508,7 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
     fn non_2xx_final_is_acked_and_retransmissions_reacked() {
         let t0 = Instant::now();
         let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
-        let resp = Message::response_to(tx.request(), 486, Some("t2"));
+        let resp = Message::response_to(tx.request().unwrap(), 486, Some("t2"));
         let out = tx.on_response(resp.clone(), t0);
         assert_eq!(sends(&out), 1);
         let Output::Send(ack) = &out[0] else { panic!() };
@@ -520,7 +530,7 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
     fn provisional_stops_timer_b_and_starts_timer_c() {
         let t0 = Instant::now();
         let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
-        let ringing = Message::response_to(tx.request(), 180, Some("t2"));
+        let ringing = Message::response_to(tx.request().unwrap(), 180, Some("t2"));
         let t1 = t0 + Duration::from_secs(10);
         assert!(matches!(
             tx.on_response(ringing.clone(), t1)[..],
@@ -541,7 +551,7 @@ Call-ID: c1@abcd.com\r\nCSeq: 1 {method}\r\nContact: <sip:fred@10.0.0.1>\r\nCont
     fn invite_2xx_enters_accepted_and_passes_retransmissions_up() {
         let t0 = Instant::now();
         let (mut tx, _) = Tx::client(request("INVITE"), udp(), Timers::default(), t0);
-        let ok = Message::response_to(tx.request(), 200, Some("t2"));
+        let ok = Message::response_to(tx.request().unwrap(), 200, Some("t2"));
         assert!(matches!(
             tx.on_response(ok.clone(), t0)[..],
             [Output::Response(_)]

@@ -12,7 +12,9 @@ pub mod flow;
 pub mod memory;
 pub mod moves;
 pub mod plot;
+pub mod register;
 pub mod report;
+pub mod setup;
 pub mod stall;
 pub mod startup;
 pub mod storm;
@@ -43,6 +45,16 @@ pub const SECTIONS: &[Section] = &[
         name: "memory",
         about: "resident memory per wisp stream, idle and sending",
         run: memory::run,
+    },
+    Section {
+        name: "setup",
+        about: "connection set-up by name (wisp registrar, Kamailio) against plain TCP",
+        run: setup::run,
+    },
+    Section {
+        name: "register",
+        about: "registrar REGISTER/s on one core, wisp registrar against Kamailio",
+        run: register::run,
     },
     Section {
         name: "stall",

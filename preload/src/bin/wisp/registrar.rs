@@ -182,6 +182,8 @@ pub fn main(args: Args) -> cli::Result<()> {
         .iter()
         .map(|u| (format!("{}@{}", u.user, u.domain), u.password.clone()))
         .collect();
+    // Below info the lines would only be dropped: do not make them.
+    config.log = opts.log >= Level::Info;
     if let Some(t1) = opts.t1 {
         config.timers.t1 = t1;
         config.timers.t2 = config.timers.t2.max(t1);
