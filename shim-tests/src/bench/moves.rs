@@ -639,22 +639,24 @@ impl Flow {
     pub fn finish(&mut self, timeout: Duration) -> Result<(FlowResult, FlowResult), String> {
         std::fs::write(&self.stop, b"").map_err(|e| e.to_string())?;
         let until = Instant::now() + timeout;
-        for p in [&mut self.cli, &mut self.srv] {
-            loop {
-                if let Ok(Some(_)) = p.child.try_wait() {
-                    break;
-                }
+        let mut late = None;
+        'wait: for p in [&mut self.cli, &mut self.srv] {
+            while !matches!(p.child.try_wait(), Ok(Some(_))) {
                 if Instant::now() > until {
-                    let _ = std::fs::write(&self.abort, b"");
-                    std::thread::sleep(Duration::from_millis(300));
-                    return Err(format!(
+                    late = Some(format!(
                         "{} did not finish in {timeout:?}: {}",
                         p.name,
                         tail(&p.stdout())
                     ));
+                    break 'wait;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        if let Some(e) = late {
+            // Both write their traces and results on the way out.
+            self.abort();
+            return Err(e);
         }
         let r = |p: &Bg| {
             FlowResult::parse(&p.stdout())

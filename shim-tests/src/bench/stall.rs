@@ -35,6 +35,7 @@
 
 use super::moves::{self, epoch, Flow, Mobile, MoveLines, Proto};
 use super::{Ctx, Row, Stats, Target};
+use crate::lab::Node;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -317,6 +318,17 @@ fn measure(
         }
     }
     m.moves_made = recs.len();
+    // The sockets as the kernel sees them after the last move, for the raw
+    // file (an MPTCP connection that never recovered shows why here).
+    for node in [Node::Mobile, Node::Corr] {
+        if let Ok(out) = w.lab.exec_cmd(node, ["ss", "-tMnie"]).output() {
+            let _ = writeln!(
+                m.raw,
+                "== ss -tMnie in {node:?} after the moves\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
     // Clean ends for wisp and MPTCP: every byte must have arrived once.
     for f in flows.iter_mut().filter(|f| f.proto != Proto::Tcp) {
         match f.finish(Duration::from_secs(20)) {
