@@ -50,6 +50,12 @@ pub struct Mobility {
     pub moves_seen: Mutex<MoveCounter>,
     /// One move at a time.
     lock: Mutex<()>,
+    /// Who holds `lock`: [`IDLE`], [`DIALLING`] or [`ANSWERING`].
+    role: std::sync::atomic::AtomicU8,
+    /// The counter of the newest genuine Init: an answer still resending
+    /// on an older connection gives way to it (the peer moved again and
+    /// that connection's address is gone).
+    newest_init: AtomicU64,
     /// A mover thread is working on this stream (it follows every later
     /// change of route itself).
     pub mover_running: std::sync::atomic::AtomicBool,
@@ -86,6 +92,8 @@ impl Mobility {
             moves_sent: AtomicU64::new(0),
             moves_seen: Mutex::new(MoveCounter::new()),
             lock: Mutex::new(()),
+            role: std::sync::atomic::AtomicU8::new(IDLE),
+            newest_init: AtomicU64::new(0),
             mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -102,6 +110,29 @@ impl Mobility {
             .store(stall.as_micros() as u64, Ordering::Relaxed);
         self.last_resent.store(resent, Ordering::Relaxed);
         self.moves.fetch_add(1, Ordering::Release) + 1
+    }
+}
+
+const IDLE: u8 = 0;
+const DIALLING: u8 = 1;
+const ANSWERING: u8 = 2;
+
+/// Holds a stream's move lock in one role; back to idle when dropped.
+struct Holding<'a> {
+    mob: &'a Mobility,
+    _g: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl<'a> Holding<'a> {
+    fn new(mob: &'a Mobility, g: parking_lot::MutexGuard<'a, ()>, role: u8) -> Holding<'a> {
+        mob.role.store(role, Ordering::Release);
+        Holding { mob, _g: g }
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.mob.role.store(IDLE, Ordering::Release);
     }
 }
 
@@ -268,10 +299,13 @@ fn initiate_once(
     let sock = dial(new_ip, peer, HANDSHAKE).map_err(|e| format!("connect: {e}"))?;
     st.tcp_up = Some(Instant::now());
     set_timeouts(&sock, HANDSHAKE);
-    let _one = mob
-        .lock
-        .try_lock_for(HANDSHAKE)
-        .ok_or("another move of this stream is under way")?;
+    let _one = Holding::new(
+        mob,
+        mob.lock
+            .try_lock_for(HANDSHAKE)
+            .ok_or("another move of this stream is under way")?,
+        DIALLING,
+    );
     let fd = engine::fds_of(stream)
         .first()
         .copied()
@@ -292,7 +326,27 @@ fn initiate_once(
     out.extend_from_slice(a);
     out.extend_from_slice(b);
     let mut inbound = Inbound::Ack(Box::new(ini));
-    exchange(&sock, &mut frozen, &out, INIT_LEN, &mut inbound, st)?;
+    // Give up on this connection as soon as the address it was dialled
+    // from is gone: the next attempt dials from the new one.
+    let mut seen = crate::sip::net_epoch();
+    let peer_data = *mob.peer_data.lock();
+    let mut moved_on = || {
+        let now = crate::sip::net_epoch();
+        if now == seen {
+            return false;
+        }
+        seen = now;
+        crate::sip::route_ip(peer_data) != Some(new_ip)
+    };
+    exchange(
+        &sock,
+        &mut frozen,
+        &out,
+        INIT_LEN,
+        &mut inbound,
+        st,
+        &mut moved_on,
+    )?;
     engine::swap(stream, sock.into_raw_fd());
     drop(frozen);
     st.stall = frozen_at.elapsed();
@@ -353,14 +407,47 @@ fn exchange(
     hs_len: usize,
     inbound: &mut Inbound,
     st: &mut Stamps,
+    superseded: &mut dyn FnMut() -> bool,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let r = exchange_loop(sock, frozen, out, hs_len, inbound, st, superseded, &mut buf);
+    if r.is_err() && matches!(inbound, Inbound::Skip(_)) {
+        // Giving up on a connection whose handshake held: whatever its
+        // receive queue has, our TCP acknowledged, so the peer will not
+        // resend it. Take it before the socket goes.
+        let fd = sock.as_raw_fd();
+        loop {
+            // SAFETY: our buffer.
+            let n =
+                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 || inbound.take(&buf[..n as usize], frozen, st).is_err() {
+                break;
+            }
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exchange_loop(
+    sock: &TcpStream,
+    frozen: &mut crate::stream::Frozen<'_>,
+    out: &[u8],
+    hs_len: usize,
+    inbound: &mut Inbound,
+    st: &mut Stamps,
+    superseded: &mut dyn FnMut() -> bool,
+    buf: &mut [u8],
 ) -> Result<(), String> {
     let fd = sock.as_raw_fd();
     let mut off = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(30);
     while off < out.len() || !inbound.done() {
         if Instant::now() > deadline {
             return Err("resend did not finish".into());
+        }
+        if superseded() {
+            return Err("a newer move took over".into());
         }
         let want_out = off < out.len();
         let mut p = libc::pollfd {
@@ -369,7 +456,7 @@ fn exchange(
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { real::poll(&mut p, 1, 200) };
+        unsafe { real::poll(&mut p, 1, 50) };
         if p.revents & libc::POLLIN != 0 {
             // SAFETY: our buffer.
             let n =
@@ -458,11 +545,16 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
             mob.id, init.counter
         ));
     }
+    // A genuine Init newer than the one we may still be answering: that
+    // answer gives way (its connection's far end has moved on).
+    mob.newest_init.fetch_max(init.counter, Ordering::AcqRel);
     let local_new = sock.local_addr().map(|a| a.ip()).ok();
-    // Both ends dialled at once: the lower address's connection wins.
-    let _one = match mob.lock.try_lock() {
+    let guard = match mob.lock.try_lock() {
         Some(g) => g,
-        None if local_new.is_some_and(|l| l < from.ip()) => {
+        // Both ends dialled at once: the lower address's connection wins.
+        None if mob.role.load(Ordering::Acquire) == DIALLING
+            && local_new.is_some_and(|l| l < from.ip()) =>
+        {
             return Err("both ends are resuming; ours wins (lower address)".into())
         }
         None => mob
@@ -470,6 +562,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
             .try_lock_for(HANDSHAKE)
             .ok_or("another move of this stream is under way")?,
     };
+    let _one = Holding::new(mob, guard, ANSWERING);
     let fd = engine::fds_of(&stream)
         .first()
         .copied()
@@ -492,7 +585,17 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     let mut inbound = Inbound::Skip(skip);
     let mut st = Stamps::default();
     inbound.take(&rest, &mut frozen, &mut st)?;
-    exchange(&sock, &mut frozen, &out, hs_len, &mut inbound, &mut st)?;
+    let mine = init.counter;
+    let mut newer = || mob.newest_init.load(Ordering::Acquire) > mine;
+    exchange(
+        &sock,
+        &mut frozen,
+        &out,
+        hs_len,
+        &mut inbound,
+        &mut st,
+        &mut newer,
+    )?;
     let sent = plan.len;
     // The peer is at a new address; its SIP port is what it was.
     let mut peer_sip = mob.peer_sip.lock();
