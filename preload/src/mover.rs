@@ -136,6 +136,11 @@ impl Drop for Holding<'_> {
     }
 }
 
+/// Whether `ip` is still one of this host's addresses (binding to it works).
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 fn set_timeouts(s: &TcpStream, d: Duration) {
     let _ = s.set_read_timeout(Some(d));
     let _ = s.set_write_timeout(Some(d));
@@ -224,6 +229,8 @@ struct Stamps {
     ack: Option<Instant>,
     /// How long the program's calls were held (freeze to swap).
     stall: Duration,
+    /// A lazy resend's start, once the Ack said it.
+    resend_from: Option<u64>,
 }
 
 /// This side moved: resume every byte on a new connection to the peer,
@@ -310,22 +317,35 @@ fn initiate_once(
         .first()
         .copied()
         .ok_or("the stream has no descriptor")?;
+    // Break-before-make (the old address is gone): what the old connection
+    // had in flight is lost, so resend it at once, without waiting a round
+    // trip for the Ack. Make-before-break: the old path still delivers
+    // its flight, which the peer's rx in the Ack then counts; resending it
+    // eagerly would push a whole window through the new connection's slow
+    // start instead, so wait for the Ack.
+    let eager = !is_local(*mob.local_ip.lock());
     let frozen_at = Instant::now();
     let mut frozen = stream.io.freeze(fd);
-    // What the old connection saw acknowledged the peer has (its freeze
-    // drains it): resend the rest at once, without waiting for its Ack.
-    frozen.trim_acked(fd);
-    let from = frozen.ring().start();
+    let from = if eager {
+        // What the old connection saw acknowledged the peer has (its freeze
+        // drains it): resend the rest.
+        frozen.trim_acked(fd);
+        frozen.ring().start()
+    } else {
+        resume::LAZY
+    };
     let counter = mob.resume_sent.fetch_add(1, Ordering::Relaxed) + 1;
     let ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx(), from);
     let mut out = ini.init().to_vec();
-    let (a, b) = frozen
-        .ring()
-        .slice_from(from)
-        .map_err(|e| format!("ring: {e}"))?;
-    out.extend_from_slice(a);
-    out.extend_from_slice(b);
-    let mut inbound = Inbound::Ack(Box::new(ini));
+    if eager {
+        let (a, b) = frozen
+            .ring()
+            .slice_from(from)
+            .map_err(|e| format!("ring: {e}"))?;
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+    }
+    let mut inbound = Inbound::Ack(Box::new(ini), !eager);
     // Give up on this connection as soon as the address it was dialled
     // from is gone: the next attempt dials from the new one.
     let mut seen = crate::sip::net_epoch();
@@ -341,7 +361,7 @@ fn initiate_once(
     exchange(
         &sock,
         &mut frozen,
-        &out,
+        &mut out,
         INIT_LEN,
         &mut inbound,
         st,
@@ -357,8 +377,9 @@ fn initiate_once(
 
 /// What the new connection brings before the stream's own bytes.
 enum Inbound {
-    /// The initiator waits for the responder's Ack.
-    Ack(Box<Initiator>),
+    /// The initiator waits for the responder's Ack; resends only after it
+    /// when `true` (lazy).
+    Ack(Box<Initiator>, bool),
     /// The responder drops this many more of the initiator's resent bytes:
     /// it had them already.
     Skip(u64),
@@ -377,12 +398,15 @@ impl Inbound {
         frozen: &mut crate::stream::Frozen<'_>,
         st: &mut Stamps,
     ) -> Result<(), String> {
-        if let Inbound::Ack(ini) = self {
+        if let Inbound::Ack(ini, lazy) = self {
             let Some(r) = ini.push(&mut bytes, frozen.ring()) else {
                 return Ok(());
             };
-            r.map_err(|e| format!("Ack: {e}"))?;
+            let plan = r.map_err(|e| format!("Ack: {e}"))?;
             st.ack = Some(Instant::now());
+            if *lazy {
+                st.resend_from = Some(plan.from);
+            }
             *self = Inbound::Skip(0);
         }
         if let Inbound::Skip(left) = self {
@@ -403,7 +427,7 @@ impl Inbound {
 fn exchange(
     sock: &TcpStream,
     frozen: &mut crate::stream::Frozen<'_>,
-    out: &[u8],
+    out: &mut Vec<u8>,
     hs_len: usize,
     inbound: &mut Inbound,
     st: &mut Stamps,
@@ -432,7 +456,7 @@ fn exchange(
 fn exchange_loop(
     sock: &TcpStream,
     frozen: &mut crate::stream::Frozen<'_>,
-    out: &[u8],
+    out: &mut Vec<u8>,
     hs_len: usize,
     inbound: &mut Inbound,
     st: &mut Stamps,
@@ -466,6 +490,14 @@ fn exchange_loop(
             }
             if n > 0 {
                 inbound.take(&buf[..n as usize], frozen, st)?;
+                if let Some(from) = st.resend_from.take() {
+                    let (a, b) = frozen
+                        .ring()
+                        .slice_from(from)
+                        .map_err(|e| format!("ring: {e}"))?;
+                    out.extend_from_slice(a);
+                    out.extend_from_slice(b);
+                }
             }
         }
         if want_out && p.revents & libc::POLLOUT != 0 {
@@ -590,7 +622,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     exchange(
         &sock,
         &mut frozen,
-        &out,
+        &mut out,
         hs_len,
         &mut inbound,
         &mut st,

@@ -63,6 +63,11 @@ pub const HEADER_LEN: usize = 6;
 pub const INIT_LEN: usize = HEADER_LEN + 16 + 8 + 8 + 8 + 32;
 pub const ACK_LEN: usize = HEADER_LEN + 8 + 32;
 
+/// An Init's `from` when no stream bytes follow it: the initiator resends
+/// only after the Ack, from the responder's rx (a make-before-break move,
+/// where the old path still delivers what was in flight).
+pub const LAZY: u64 = u64::MAX;
+
 const TYPE_INIT: u8 = 1;
 const TYPE_ACK: u8 = 2;
 
@@ -487,6 +492,9 @@ pub fn respond<'k>(
 /// responder already has after receiving `rx`. A `from` beyond `rx` is a
 /// hole nobody can fill.
 pub fn skip(from: u64, rx: u64) -> Result<u64, ResumeError> {
+    if from == LAZY {
+        return Ok(0);
+    }
     rx.checked_sub(from).ok_or(ResumeError::Gap { from, rx })
 }
 

@@ -260,9 +260,14 @@ fn responder_refusals() {
         Err(ResumeError::Gap { from: 778, rx: 777 })
     );
     assert_eq!(b.counter.last(), 0);
+    // A lazy Init (nothing follows it) has nothing to skip.
+    let acc = b
+        .answer(&Init::new(&o, SID, 1, 650, LAZY).encode())
+        .unwrap();
+    assert_eq!(acc.skip, 0);
     // Edges are fine: everything held, or nothing to resend.
-    assert!(b.answer(&Init::new(&o, SID, 1, 400, 0).encode()).is_ok());
-    let acc = b.answer(&Init::new(&o, SID, 2, 1000, 0).encode()).unwrap();
+    assert!(b.answer(&Init::new(&o, SID, 2, 400, 0).encode()).is_ok());
+    let acc = b.answer(&Init::new(&o, SID, 3, 1000, 0).encode()).unwrap();
     assert_eq!(acc.resend, Resend { from: 1000, len: 0 });
 }
 
