@@ -435,10 +435,11 @@ fn exchange(
 ) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
     let r = exchange_loop(sock, frozen, out, hs_len, inbound, st, superseded, &mut buf);
-    if r.is_err() && matches!(inbound, Inbound::Skip(_)) {
-        // Giving up on a connection whose handshake held: whatever its
-        // receive queue has, our TCP acknowledged, so the peer will not
-        // resend it. Take it before the socket goes.
+    if r.is_err() {
+        // Giving up on a connection: whatever its receive queue has, our
+        // TCP acknowledged, so the peer will not resend it. Take it before
+        // the socket goes (through the handshake check: an Ack that does
+        // not verify stops this, and nothing of it is kept).
         let fd = sock.as_raw_fd();
         loop {
             // SAFETY: our buffer.
@@ -619,7 +620,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     inbound.take(&rest, &mut frozen, &mut st)?;
     let mine = init.counter;
     let mut newer = || mob.newest_init.load(Ordering::Acquire) > mine;
-    exchange(
+    if let Err(e) = exchange(
         &sock,
         &mut frozen,
         &mut out,
@@ -627,7 +628,13 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
         &mut inbound,
         &mut st,
         &mut newer,
-    )?;
+    ) {
+        if newer() {
+            // The newer Init's answer freezes the stream again at once.
+            frozen.hand_over();
+        }
+        return Err(e);
+    }
     let sent = plan.len;
     // The peer is at a new address; its SIP port is what it was.
     let mut peer_sip = mob.peer_sip.lock();

@@ -605,9 +605,20 @@ pub struct Frozen<'a> {
     io: &'a StreamIo,
     tx: parking_lot::MutexGuard<'a, TxSide>,
     rx: parking_lot::MutexGuard<'a, RxSide>,
+    /// Let go of the locks but leave the stream held (see `hand_over`).
+    keep: bool,
 }
 
 impl Frozen<'_> {
+    /// Release the locks for the next move to freeze the stream again, but
+    /// leave the program's calls held: the descriptor still names a socket
+    /// whose peer has moved on (it may answer with a reset or an end of
+    /// file that belongs to no one), and a newer resume is about to take
+    /// over.
+    pub fn hand_over(mut self) {
+        self.keep = true;
+    }
+
     /// Bytes this side has received: handed to the program plus drained.
     pub fn rx(&self) -> u64 {
         self.rx.rx + (self.rx.pending.len() - self.rx.pending_at) as u64
@@ -651,7 +662,9 @@ impl Drop for Frozen<'_> {
         if let Ok(w) = Wake::new() {
             *self.io.wake.lock() = std::sync::Arc::new(w);
         }
-        self.io.moving.store(false, Ordering::Release);
+        if !self.keep {
+            self.io.moving.store(false, Ordering::Release);
+        }
         let _g = self.io.settled.lock();
         self.io.settled_cv.notify_all();
     }
@@ -688,6 +701,11 @@ impl StreamIo {
             }
             rx.pending.extend_from_slice(&buf[..n as usize]);
         }
-        Frozen { io: self, tx, rx }
+        Frozen {
+            io: self,
+            tx,
+            rx,
+            keep: false,
+        }
     }
 }
