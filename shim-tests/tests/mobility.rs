@@ -515,6 +515,8 @@ fn curl_downloads_across_three_moves(tag: &str, proxy: Proxy) {
         gets == 1,
         format_args!("the server saw {gets} GETs, not one: curl started again\n{log}"),
     );
+    // The moves as both libraries logged them (shown with --nocapture).
+    eprintln!("{}", move_timelines(&m.logs, 40));
 }
 
 #[test]

@@ -484,8 +484,10 @@ fn main() -> ExitCode {
         seed,
     };
     let cfgs = [cfg(args.seed), cfg(args.seed ^ 0xD1B5_4A32_D192_ED03)];
-    eprintln!(
-        "wisp-netem: {} <-> {}: delay {:.3} ms, loss {}%, rate {}, queue {} bytes, seed {}",
+    // One write: the lab's relays share a log file, and a line written in
+    // pieces interleaves with theirs (the lab counts these lines).
+    let line = format!(
+        "wisp-netem: {} <-> {}: delay {:.3} ms, loss {}%, rate {}, queue {} bytes, seed {}\n",
         ports[0].name,
         ports[1].name,
         args.delay.as_secs_f64() * 1000.0,
@@ -495,6 +497,7 @@ fn main() -> ExitCode {
         queue_bytes,
         args.seed
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 
     let fatal = Mutex::new(None::<String>);
     let stop_raw = stop.as_raw_fd();
