@@ -17,7 +17,7 @@
 
 use super::{Ctx, Row, Stats, Target};
 use crate::e2e::libwisp;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const SOURCE: &str = include_str!("fdcost.c");
@@ -30,8 +30,12 @@ const LOOPS: [(&str, &str); 2] = [
     ("write+read, pipe", "pipe"),
 ];
 
+/// No _FORTIFY_SOURCE: the loop must call read/recv themselves, not their
+/// __*_chk twins.
+const NO_FORTIFY: &[&str] = &["-U_FORTIFY_SOURCE"];
+
 pub fn run(ctx: &Ctx) -> Vec<Row> {
-    let prog = match build(&ctx.out) {
+    let prog = match super::report::compile_c(&ctx.out, "fdcost", "fdcost", SOURCE, NO_FORTIFY) {
         Ok(p) => p,
         Err(e) => {
             return LOOPS
@@ -113,27 +117,6 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
         rows.push(row);
     }
     rows
-}
-
-/// Write the C source next to the results and compile it.
-fn build(out: &Path) -> Result<PathBuf, String> {
-    let dir = out.join("fdcost");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let src = dir.join("fdcost.c");
-    let bin = dir.join("fdcost");
-    std::fs::write(&src, SOURCE).map_err(|e| e.to_string())?;
-    // No _FORTIFY_SOURCE: the loop must call read/recv themselves, not
-    // their __*_chk twins.
-    let st = Command::new("cc")
-        .args(["-O2", "-U_FORTIFY_SOURCE", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .map_err(|e| format!("cc: {e}"))?;
-    if !st.success() {
-        return Err(format!("cc failed: {st}"));
-    }
-    Ok(bin)
 }
 
 fn probe(prog: &Path, lib: Option<&Path>) -> Command {

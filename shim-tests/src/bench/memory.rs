@@ -15,7 +15,6 @@ use super::{Ctx, Row, Stats, Target};
 use crate::e2e::{run as run_cmd, Bg, Proxy, World};
 use crate::lab::Node;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -87,7 +86,7 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
     let runs = ctx.pick(ctx.runs.clamp(1, 3), 1);
     let fail =
         |why: String| vec![Row::new("memory", format!("RSS, {n} idle streams"), "KiB").note(why)];
-    let client = match build(&ctx.out) {
+    let client = match super::report::compile_c(&ctx.out, "memory", "memclient", SOURCE, &[]) {
         Ok(p) => p,
         Err(e) => return fail(format!("not built: {e}")),
     };
@@ -227,25 +226,6 @@ fn rows(n: usize, loaded: usize, secs: usize, wisp: &Reports, plain: &Reports) -
             .target(Target::AtMost(16.0), "≤ one socket send buffer + 16 KiB")
             .note("per run: added RSS per stream − the socket's (autotuned) SO_SNDBUF at the end"),
     ]
-}
-
-/// Write the C source next to the results and compile it.
-fn build(out: &Path) -> Result<PathBuf, String> {
-    let dir = out.join("memory");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let src = dir.join("memclient.c");
-    let bin = dir.join("memclient");
-    std::fs::write(&src, SOURCE).map_err(|e| e.to_string())?;
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .map_err(|e| format!("cc: {e}"))?;
-    if !st.success() {
-        return Err(format!("cc failed: {st}"));
-    }
-    bin.canonicalize().map_err(|e| e.to_string())
 }
 
 fn client_run(cmd: Command) -> Result<Report, String> {

@@ -1,7 +1,8 @@
 //! Samples, summaries, targets and the table the suite prints.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// What every section gets: how hard to try and where to put files.
 #[derive(Clone, Debug)]
@@ -298,6 +299,35 @@ pub fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+/// Write a section's C program into `out/<section>/<name>.c` (next to its
+/// results, so a reader can see what ran) and compile it with `cc -O2` and
+/// `flags`; returns the binary's absolute path.
+pub fn compile_c(
+    out: &Path,
+    section: &str,
+    name: &str,
+    source: &str,
+    flags: &[&str],
+) -> Result<PathBuf, String> {
+    let dir = out.join(section);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let src = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&src, source).map_err(|e| e.to_string())?;
+    let st = Command::new("cc")
+        .arg("-O2")
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !st.success() {
+        return Err(format!("cc failed: {st}"));
+    }
+    bin.canonicalize().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::e2e::{kamailio, run as run_cmd, Bg, Proxy, World, HOSTS};
 use crate::lab::{Lab, LabOptions, Node};
 use crate::TempDir;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ struct Samples {
 }
 
 pub fn run(ctx: &Ctx) -> Vec<Row> {
-    let bin = match build(&ctx.out) {
+    let bin = match super::report::compile_c(&ctx.out, "setup", "setup", SOURCE, &["-Wall"]) {
         Ok(b) => b,
         Err(e) => {
             return vec![Row::new("setup", "connect → first byte by name", "ms")
@@ -219,25 +219,6 @@ fn parse(out: &str) -> Vec<(f64, f64)> {
             Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
         })
         .collect()
-}
-
-/// Write the C source next to the results and compile it.
-fn build(out: &Path) -> Result<PathBuf, String> {
-    let dir = out.join("setup");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let src = dir.join("setup.c");
-    let bin = dir.join("setup");
-    std::fs::write(&src, SOURCE).map_err(|e| e.to_string())?;
-    let st = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .map_err(|e| format!("cc: {e}"))?;
-    if !st.success() {
-        return Err(format!("cc failed: {st}"));
-    }
-    bin.canonicalize().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
