@@ -160,35 +160,20 @@ pub fn fds_of(stream: &Stream) -> Vec<c_int> {
     })
 }
 
-/// epoll registrations of stream descriptors, to put back after a swap:
-/// epoll keys its entries by open file description, so after dup3 the
-/// program's epoll set no longer sees the descriptor.
-static EPOLL: Mutex<Vec<(c_int, c_int, libc::epoll_event)>> = Mutex::new(Vec::new());
-/// How many entries EPOLL holds: epoll_wait looks no further when zero.
-pub static EPOLL_TRACKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Stream registrations of epoll instance `ep` whose program has bytes
-/// held for it (drained from an old socket during a move): the kernel
-/// cannot report those, so epoll_wait reports them itself.
-pub fn epoll_pending(ep: c_int) -> Vec<libc::epoll_event> {
-    let regs: Vec<_> = EPOLL
-        .lock()
-        .iter()
-        .filter(|(e, _, _)| *e == ep)
-        .copied()
-        .collect();
-    regs.into_iter()
-        .filter(|(_, fd, ev)| ev.events & libc::EPOLLIN as u32 != 0 && has_pending(*fd))
-        .map(|(_, _, ev)| libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: ev.u64,
-        })
-        .collect()
+/// A move ended (or gave up): wake the program's epoll waits on the
+/// stream, whose sockets cannot report the bytes held for it.
+pub fn wake_epolls(stream: &Stream) {
+    crate::epolls::wake(&fds_of(stream));
 }
 
-/// Bytes the library holds for the program on this stream descriptor.
+/// Whether a read on this stream descriptor would not wait although its
+/// socket may say so: bytes are held for the program, or the stream has
+/// failed for good (the read returns the error).
 pub fn has_pending(fd: c_int) -> bool {
-    pending(fd) > 0
+    if fdtable::kind(fd) != Kind::Stream {
+        return false;
+    }
+    stream(fd).is_some_and(|s| s.io.readable_here())
 }
 
 pub fn pending(fd: c_int) -> usize {
@@ -196,18 +181,6 @@ pub fn pending(fd: c_int) -> usize {
         return 0;
     }
     stream(fd).map_or(0, |s| s.io.pending())
-}
-
-/// epoll_ctl succeeded on a stream descriptor: remember it.
-pub fn track_epoll(ep: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event>) {
-    let mut t = EPOLL.lock();
-    t.retain(|(e, f, _)| !(*e == ep && *f == fd));
-    if op != libc::EPOLL_CTL_DEL {
-        if let Some(ev) = ev {
-            t.push((ep, fd, ev));
-        }
-    }
-    EPOLL_TRACKED.store(t.len(), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The program's socket options, from the old socket to the new one: the
@@ -296,6 +269,7 @@ fn bound_liveness(fd: c_int) {
 /// each descriptor's O_NONBLOCK, close-on-exec, TCP_NODELAY and epoll
 /// registrations, then close `new` (the descriptors hold it now).
 pub fn swap(stream: &Stream, new: c_int) {
+    let _epoll = crate::epolls::hold();
     for fd in fds_of(stream) {
         // SAFETY: fcntl/getsockopt/setsockopt on descriptors we hold.
         unsafe {
@@ -312,16 +286,7 @@ pub fn swap(stream: &Stream, new: c_int) {
             let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
             real::dup3(new, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
         }
-        let regs: Vec<_> = EPOLL
-            .lock()
-            .iter()
-            .filter(|(_, f, _)| *f == fd)
-            .copied()
-            .collect();
-        for (ep, f, mut ev) in regs {
-            // SAFETY: the program's epoll instance and event.
-            unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_ADD, f, &mut ev) };
-        }
+        crate::epolls::readd(fd);
     }
     // SAFETY: our temporary descriptor.
     unsafe { real::close(new) };
@@ -799,11 +764,7 @@ pub fn release(fd: c_int) {
     }
     let entry = with_table(|t| t.remove(&fd));
     fdtable::clear(fd);
-    if entry.is_some() {
-        let mut t = EPOLL.lock();
-        t.retain(|(_, f, _)| *f != fd);
-        EPOLL_TRACKED.store(t.len(), std::sync::atomic::Ordering::Relaxed);
-    }
+    crate::epolls::forget(fd);
     let Some(entry) = entry else { return };
     let pid = std::process::id();
     match entry {
@@ -834,6 +795,11 @@ pub fn duplicated(old: c_int, new: c_int) {
         return;
     }
     let kind = fdtable::kind(old);
+    if kind == Kind::Epoll {
+        crate::epolls::duplicated(old, new);
+        fdtable::set(new, kind);
+        return;
+    }
     let entry = with_table(|t| t.get(&old).cloned());
     if let Some(e) = entry {
         with_table(|t| t.insert(new, e));

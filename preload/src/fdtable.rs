@@ -19,6 +19,8 @@ pub enum Kind {
     Listener = 2,
     /// A UDP socket whose peer is a wisp name.
     Datagram = 3,
+    /// An epoll instance that watches a stream (it holds our wake eventfd).
+    Epoll = 4,
 }
 
 static TABLE: [AtomicU8; MAX_FD] = [const { AtomicU8::new(0) }; MAX_FD];
@@ -29,6 +31,7 @@ pub fn kind(fd: i32) -> Kind {
         Some(1) => Kind::Stream,
         Some(2) => Kind::Listener,
         Some(3) => Kind::Datagram,
+        Some(4) => Kind::Epoll,
         _ => Kind::None,
     }
 }

@@ -939,7 +939,9 @@ pub unsafe extern "C" fn pselect(
 }
 
 /// epoll_wait: streams registered with EPOLLIN that have bytes held for
-/// them are reported without waiting (their sockets cannot say so).
+/// them are reported without waiting (their sockets cannot say so), and a
+/// wait that a move ends through our eventfd in the set goes on with the
+/// time left unless the move left something to report (`epolls`).
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(
     ep: c_int,
@@ -958,22 +960,48 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     mask: *const sigset_t,
 ) -> c_int {
-    if engine::EPOLL_TRACKED.load(std::sync::atomic::Ordering::Relaxed) == 0
-        || max <= 0
-        || evs.is_null()
-    {
+    if fdtable::kind(ep) != fdtable::Kind::Epoll || max <= 0 || evs.is_null() {
         return unsafe { real::epoll_pwait(ep, evs, max, timeout, mask) };
     }
-    let held = guard("epoll_wait", Vec::new(), || engine::epoll_pending(ep));
-    if held.is_empty() {
-        return unsafe { real::epoll_pwait(ep, evs, max, timeout, mask) };
+    let deadline = crate::waits::from_ms(timeout).map(|t| std::time::Instant::now() + t);
+    loop {
+        let held = guard("epoll_wait", Vec::new(), || {
+            crate::epolls::pending_events(ep, engine::has_pending)
+        });
+        let n = held.len().min(max as usize);
+        for (i, ev) in held.iter().take(n).enumerate() {
+            unsafe { *evs.add(i) = *ev };
+        }
+        let wait = match deadline {
+            _ if n > 0 => 0,
+            None => -1,
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as c_int,
+        };
+        let rc = unsafe { real::epoll_pwait(ep, evs.add(n), max - n as c_int, wait, mask) };
+        if rc < 0 {
+            return if n > 0 { n as c_int } else { rc };
+        }
+        let (kept, ours) = unsafe { crate::epolls::strip_ours(ep, evs.add(n), rc as usize) };
+        // A registration reported both ways (held bytes and a ready new
+        // socket) is one entry, as the kernel would make it.
+        let mut total = n;
+        for i in n..n + kept {
+            let ev = unsafe { *evs.add(i) };
+            match (0..n).find(|&j| unsafe { (*evs.add(j)).u64 } == ev.u64) {
+                Some(j) => unsafe { (*evs.add(j)).events |= ev.events },
+                None => {
+                    unsafe { *evs.add(total) = ev };
+                    total += 1;
+                }
+            }
+        }
+        if total > 0 || !ours || wait == 0 {
+            return total as c_int;
+        }
     }
-    let n = held.len().min(max as usize);
-    for (i, ev) in held.iter().take(n).enumerate() {
-        unsafe { *evs.add(i) = *ev };
-    }
-    let rest = unsafe { real::epoll_pwait(ep, evs.add(n), max - n as c_int, 0, mask) };
-    n as c_int + rest.max(0)
 }
 
 /// FIONREAD counts the bytes held for the program too (the seed names
@@ -1021,16 +1049,12 @@ pub unsafe extern "C" fn sendto(
 /// registrations of streams so a move can put them back on the new socket.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
-    let rc = unsafe { real::epoll_ctl(ep, op, fd, ev) };
-    if rc == 0 && fdtable::kind(fd) == fdtable::Kind::Stream {
-        let event = if ev.is_null() {
-            None
-        } else {
-            Some(unsafe { *ev })
-        };
-        guard("epoll_ctl", (), || engine::track_epoll(ep, op, fd, event));
+    if fdtable::kind(fd) == fdtable::Kind::Stream {
+        return guard("epoll_ctl", -1, || unsafe {
+            crate::epolls::ctl(ep, op, fd, ev)
+        });
     }
-    rc
+    unsafe { real::epoll_ctl(ep, op, fd, ev) }
 }
 
 // Fortified (_FORTIFY_SOURCE) entry points: the same calls with a buffer

@@ -6,6 +6,7 @@ pub mod log;
 pub mod config;
 pub mod datagrams;
 pub mod engine;
+pub mod epolls;
 pub mod fdtable;
 pub mod movelog;
 pub mod mover;

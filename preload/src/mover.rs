@@ -293,6 +293,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
         mob.id
     );
     stream.io.break_with(libc::ETIMEDOUT);
+    engine::wake_epolls(&stream);
     mob.mover_running.store(false, Ordering::Release);
 }
 
@@ -369,6 +370,7 @@ fn initiate_once(
     )?;
     engine::swap(stream, sock.into_raw_fd());
     drop(frozen);
+    engine::wake_epolls(stream);
     st.stall = frozen_at.elapsed();
     let sent = (out.len() - INIT_LEN) as u64;
     mob.resent.fetch_add(sent, Ordering::Relaxed);
@@ -645,6 +647,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
     drop(peer_sip);
     engine::swap(&stream, sock.into_raw_fd());
     drop(frozen);
+    engine::wake_epolls(&stream);
     let stall = frozen_at.elapsed();
     mob.resent.fetch_add(sent, Ordering::Relaxed);
     let n = mob.completed(stall, sent);

@@ -61,6 +61,9 @@ struct Stats {
     rx: AtomicU64,
     ring_held: AtomicU64,
     ring_capacity: AtomicU64,
+    /// Bytes held for the program: poll, epoll_wait and FIONREAD read it
+    /// without the rx lock, which a move holds for its whole handshake.
+    pending: AtomicU64,
 }
 
 /// The counters of a stream, as `wisp status` shows them.
@@ -275,10 +278,21 @@ impl StreamIo {
     }
 
     /// Bytes held for the program (drained from an old socket), for
-    /// FIONREAD.
+    /// FIONREAD and readiness. Never waits for a move.
     pub fn pending(&self) -> usize {
-        let r = self.rx.lock();
-        r.pending.len() - r.pending_at
+        self.stats.pending.load(Ordering::Acquire) as usize
+    }
+
+    /// Bytes held for the program, or a failure to report: a read returns
+    /// without the socket.
+    pub fn readable_here(&self) -> bool {
+        self.pending() > 0 || self.broken.load(Ordering::Acquire) != 0
+    }
+
+    fn note_pending(&self, r: &RxSide) {
+        self.stats
+            .pending
+            .store((r.pending.len() - r.pending_at) as u64, Ordering::Release);
     }
 
     /// Wait (a blocking call) until the socket is ready for `events` or a
@@ -507,6 +521,7 @@ impl StreamIo {
                         rx.pending.clear();
                         rx.pending_at = 0;
                     }
+                    self.note_pending(&rx);
                 }
                 return n as ssize_t;
             }
@@ -652,6 +667,7 @@ impl Frozen<'_> {
             self.rx.pending_at = 0;
         }
         self.rx.pending.extend_from_slice(bytes);
+        self.io.note_pending(&self.rx);
     }
 }
 
@@ -701,6 +717,7 @@ impl StreamIo {
             }
             rx.pending.extend_from_slice(&buf[..n as usize]);
         }
+        self.note_pending(&rx);
         Frozen {
             io: self,
             tx,
