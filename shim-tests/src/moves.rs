@@ -9,7 +9,7 @@
 //! killed when its [`Bg`] is dropped and the lab is torn down when the
 //! world is, on a panic too.
 
-use crate::e2e::{move_timelines, py, Bg, LibLog, Proxy, World};
+use crate::e2e::{move_timelines, py, run, wisp_bin, Bg, LibLog, Proxy, World};
 use crate::lab::{MoveKind, Node};
 use std::ffi::OsStr;
 use std::fmt::Display;
@@ -130,6 +130,55 @@ pub fn closed_streams(logs: &[LibLog], max: usize) -> String {
         }
     }
     s
+}
+
+/// The library's own view of some of a process's streams, from `wisp
+/// status --json` (state, moves, the bytes it counted each way, what the
+/// last move resent): one line per stream that has one of `fds` (every
+/// stream when `fds` is empty), for failure messages.
+pub fn lib_streams(pid: u32, fds: &[u64]) -> String {
+    const PICK: &str = r#"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+pid, fds = int(sys.argv[2]), set(int(f) for f in sys.argv[3].split(",") if f)
+keys = ("fds", "state", "moves", "tx_bytes", "rx_bytes", "resent_last",
+        "resent_total", "ring_held", "last_stall_ms", "local", "peer", "id")
+for p in doc.get("processes", []):
+    if p.get("pid") != pid:
+        continue
+    if "error" in p:
+        print("error", p["error"])
+    for s in p.get("streams", []):
+        if not fds or fds & set(s.get("fds", [])):
+            v = lambda x: ",".join(map(str, x)) if isinstance(x, list) else x
+            print(" ".join(f"{k}={v(s.get(k))}" for k in keys))
+"#;
+    let dir = crate::TempDir::new("status");
+    let file = dir.join("status.json");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#""$0" status --json > "$1""#)
+        .arg(wisp_bin())
+        .arg(&file);
+    let (st, _, err) = run(cmd, Duration::from_secs(15));
+    if !st.success() {
+        return format!("(wisp status --json: {st}: {err})");
+    }
+    let fds: Vec<String> = fds.iter().map(u64::to_string).collect();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PICK])
+        .arg(&file)
+        .arg(pid.to_string())
+        .arg(fds.join(","));
+    let (st, out, err) = run(cmd, Duration::from_secs(15));
+    if !st.success() {
+        return format!("(reading wisp status --json: {st}: {err})");
+    }
+    if out.trim().is_empty() {
+        format!("(wisp status lists no such stream of pid {pid})")
+    } else {
+        out
+    }
 }
 
 /// A world and what the test did in it: the library logs of the programs
@@ -278,6 +327,26 @@ impl Mob {
             closed_streams(&self.logs, 10),
             self.w.lab.status()
         )
+    }
+
+    /// The moves made and, per library log, how many stream moves it
+    /// completed and how many streams it closed: for a passing test's
+    /// output (`--nocapture`).
+    pub fn summary(&self) -> String {
+        let mut s = String::from("moves made:\n");
+        for m in &self.moves {
+            s += &format!("   {m}\n");
+        }
+        for log in &self.logs {
+            let text = log.text();
+            s += &format!(
+                "{}: {} stream moves logged, {} streams closed\n",
+                log.tag,
+                text.lines().filter(|l| l.contains("move stream=")).count(),
+                text.lines().filter(|l| l.contains("stream closed")).count()
+            );
+        }
+        s
     }
 
     pub fn fail(&self, msg: impl Display) -> ! {
