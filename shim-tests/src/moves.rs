@@ -189,6 +189,11 @@ pub struct Mob {
     pub moves: Vec<String>,
     /// How many move lines of each log a failure message shows.
     pub timeline_lines: usize,
+    /// The programs started under the library (tag, pid): a failure
+    /// message shows their libraries' streams (`wisp status`).
+    pub pids: Vec<(String, u32)>,
+    /// Moves made so far (for their numbers).
+    pub moved: usize,
 }
 
 impl Mob {
@@ -198,6 +203,8 @@ impl Mob {
             logs: Vec::new(),
             moves: Vec::new(),
             timeline_lines: 40,
+            pids: Vec::new(),
+            moved: 0,
         }
     }
 
@@ -220,7 +227,9 @@ impl Mob {
         S: AsRef<OsStr>,
     {
         let cmd = self.cmd(node, name, tag, args);
-        Bg::spawn(cmd, &self.w.dir, tag)
+        let bg = Bg::spawn(cmd, &self.w.dir, tag);
+        self.pids.push((tag.to_string(), bg.child.id()));
+        bg
     }
 
     /// One of the programs in shim-tests/py under the library.
@@ -239,7 +248,9 @@ impl Mob {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Bg::spawn(cmd, &self.w.dir, tag)
+        let bg = Bg::spawn(cmd, &self.w.dir, tag);
+        self.pids.push((tag.to_string(), bg.child.id()));
+        bg
     }
 
     /// Notes something in the move timeline of failure messages.
@@ -254,7 +265,8 @@ impl Mob {
             _ => m.w.lab.mobile_ip,
         };
         let from = ip(self);
-        let n = self.moves.len() + 1;
+        self.moved += 1;
+        let n = self.moved;
         let t = epoch();
         self.w.lab.move_node(node, None, kind);
         let to = ip(self);
@@ -278,7 +290,8 @@ impl Mob {
     /// Starts `scripts/lab move` for `node` without waiting for it; see
     /// [`Mob::finish_moves`].
     pub fn start_move(&mut self, node: Node, kind: MoveKind) -> Bg {
-        let n = self.moves.len() + 1;
+        self.moved += 1;
+        let n = self.moved;
         let tag = format!("move-{n}-{}", node.as_str());
         self.note(format!("move {n}: {} ({kind:?}) started", node.as_str()));
         Bg::spawn(self.w.lab.move_cmd(node, None, kind), &self.w.dir, &tag)
@@ -310,10 +323,29 @@ impl Mob {
         self.finish_moves(vec![a, b]);
     }
 
+    /// The streams of the programs still running, as their libraries
+    /// count them (`wisp status`), at most `max` per program.
+    pub fn lib_views(&self, max: usize) -> String {
+        let mut s = String::new();
+        for (tag, pid) in &self.pids {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let view = lib_streams(*pid, &[]);
+            let lines: Vec<&str> = view.lines().collect();
+            s += &format!("== {tag} (pid {pid}): {} streams\n", lines.len());
+            for l in lines.iter().take(max) {
+                s += &format!("   {l}\n");
+            }
+        }
+        s
+    }
+
     /// Everything known about the run, for a failure message.
     pub fn context(&self) -> String {
         format!(
-            "\n\nmoves made (epoch seconds):\n{}\n\nlibrary logs:\n{}\nstreams closed:\n{}\nlab:\n{}",
+            "\n\nmoves made (epoch seconds):\n{}\n\nlibrary logs:\n{}\nstreams closed:\n{}\n\
+             the libraries' streams now (wisp status):\n{}\nlab:\n{}",
             if self.moves.is_empty() {
                 "   (none)".to_string()
             } else {
@@ -325,6 +357,7 @@ impl Mob {
             },
             move_timelines(&self.logs, self.timeline_lines),
             closed_streams(&self.logs, 10),
+            self.lib_views(6),
             self.w.lab.status()
         )
     }
