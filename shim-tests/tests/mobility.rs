@@ -7,11 +7,11 @@
 //! Until the engine moves streams these tests fail, each with a message
 //! that says which move broke what, followed by the moves made (wall-clock
 //! time), the move lines of every library log (`WISP_LOG_FILE`) and the
-//! lab's addresses. Nothing waits without a bound: a stream that makes no
-//! progress for
-//! [`shim_tests::moves::STALL`] fails its test, every program is killed when its
-//! `Bg` is dropped and the lab is torn down when the world is, on a panic
-//! too. The Python programs are in `shim-tests/py/`.
+//! lab's addresses (the fixture is `shim_tests::moves`). Nothing waits
+//! without a bound: a stream that makes no progress for `moves::STALL`
+//! fails its test, every program is killed when its `Bg` is dropped and
+//! the lab is torn down when the world is, on a panic too. The Python
+//! programs are in `shim-tests/py/`.
 //!
 //! Run them one at a time, as scripts/test does: they move whole hosts and
 //! the stall comparison wants the machine to itself.
