@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod e2e;
 pub mod lab;
+pub mod moves;
 pub mod netem;
 
 use std::collections::{BTreeMap, HashSet};
