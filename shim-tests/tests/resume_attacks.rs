@@ -452,9 +452,11 @@ fn check_owner_keeps_stream(m: &Att, when: &str) {
 /// `drop_once`). After each: the checks; at the end, a genuine move without
 /// an attacker and the exact tally of both counter streams.
 ///
-/// The first test makes three attacked moves because the copy races the
-/// genuine segment (which reaches the correspondent first); on code that
-/// lets a copy through, one round in two or so is won by the attacker.
+/// The first test makes five attacked moves because the copy races the
+/// genuine segment (which reaches the correspondent first): on the code
+/// these tests were written against (Init/Ack v2, a counter checked before
+/// the stream's lock is taken), the attacker won 7 of 13 rounds measured,
+/// so five rounds catch it about 97 % of the time.
 fn replay_attack(tag: &str, port: u16, rounds: u32, drop_once: bool) {
     let mut m = Att::new(tag);
     let mut c = Counters::start(&mut m, port);
@@ -555,12 +557,12 @@ fn replay_attack(tag: &str, port: u16, rounds: u32, drop_once: bool) {
 /// An on-path observer copies the genuine first bytes of a move's resume
 /// connection and replays them at once, with 4096 bytes of junk, on a
 /// connection to the correspondent's SIP port it opened from a third host
-/// before the move; three moves, three attackers. The attacker gets
+/// before the move; five moves, five attackers. The attacker gets
 /// nothing of the stream, the stream
 /// stays with the mobile host and arrives exactly, a later move works.
 #[test]
 fn a_copied_init_replayed_from_a_third_host_is_refused() {
-    replay_attack("ainit", 7350, 3, false);
+    replay_attack("ainit", 7350, 5, false);
 }
 
 /// The same, and the router drops the genuine segment once, so that the
