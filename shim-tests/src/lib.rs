@@ -15,6 +15,7 @@
 //! and are only ever used as an upper bound to give up waiting; no test
 //! asserts on how long something took.
 
+pub mod attacker;
 pub mod bench;
 pub mod e2e;
 pub mod lab;
