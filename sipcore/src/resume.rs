@@ -1,120 +1,133 @@
-//! The first bytes of a TCP connection that resumes a moved stream, and
-//! the arithmetic of what each side resends.
+//! The start of a TCP connection that resumes a moved stream, as a state
+//! machine with no I/O, no clock and no threads (the quinn-proto way): the
+//! I/O layer feeds it the bytes it reads, writes what it says, and does
+//! what it asks (find the stream, take the attempt's number, freeze the
+//! stream), through [`StreamView`] for everything it needs of the stream.
+//! The same machine runs in the preload library and, against a simulated
+//! kernel, network and attacker, in `tests/move_sim.rs`.
 //!
-//! After a re-INVITE has named the new address, one side connects and
-//! sends an [`Init`]; the other answers with an [`Ack`]; from the next byte
-//! on, the connection carries the stream as plain TCP again. The handshake
-//! does two jobs, as MPTCP's MP_JOIN does (RFC 8684 §3.2):
-//!
-//! - It proves the key. Anyone can open a TCP connection to a listening
-//!   port; only the holder of the stream key can make the MACs, so an
-//!   attacker who saw the re-INVITE still cannot take the stream over.
-//! - It carries each side's rx, the count of stream bytes it has taken
-//!   from the dead connection, authenticated. The responder resends its
-//!   own stream from the initiator's rx ([`plan`]): exactly the bytes lost
-//!   in flight, no more, no less.
-//! - The initiator does not wait a round trip to learn the responder's rx:
-//!   right behind its Init it resends everything its old connection had
-//!   not seen acknowledged, starting at `from` (named in the Init), and the
-//!   responder drops the first `rx - from` of those bytes, which it already
-//!   has ([`Accepted::skip`]). That overlap is at most what was in flight,
-//!   and it saves the round trip that would otherwise stand between the new
-//!   connection and the first resent byte: a break-before-make move then
-//!   stalls the receiver of the mobile side's data for the TCP handshake
-//!   plus one way, 1.5 RTT.
-//!
-//! Wire format, all integers big-endian, fixed sizes so a reader knows the
-//! length from the type byte alone:
+//! # The handshake (wire format in [`wire`])
 //!
 //! ```text
-//! Init (78 bytes)                        Ack (46 bytes)
-//!  0  magic    "WISP"                     0  magic    "WISP"
-//!  4  version  2                          4  version  2
-//!  5  type     1                          5  type     2
-//!  6  stream   16 bytes                   6  rx       u64
-//! 22  counter  u64                       14  mac      32 bytes
-//! 30  rx       u64
-//! 38  from     u64
-//! 46  mac      32 bytes
-//!
-//! Init mac = HMAC-SHA256(initiator's resume key, "init" || stream || counter || rx || from)
-//! Ack  mac = HMAC-SHA256(responder's resume key, "ack" || stream || counter || rx)
+//! dialler (the side that moved)            answerer (its peer's SIP port)
+//!   Init{stream, counter, nonce_a}  ──────▶  MAC ok, counter fresh?
+//!                                   ◀──────  Challenge{nonce_b}
+//!   MAC ok: freeze, drain
+//!   Proof{rx, from} [+ stream from `from`] ─▶ MAC ok: take the counter,
+//!                                             freeze, drain
+//!                                   ◀──────  Ack{rx, from} + stream from `from`
+//!   drain, skip what it has                   skip what it has
+//!   swap, thaw                                swap, thaw
 //! ```
 //!
-//! The Ack names neither stream nor counter: its MAC covers the ones from
-//! the Init, so an Ack made for any other Init does not verify. The resume
-//! keys are per direction ([`crate::keys`]), so an Init reflected back to
-//! its maker does not verify either; the counter (each value opens at most
-//! one connection, [`MoveCounter`]) stops a recorded Init from being
-//! replayed.
+//! As in MPTCP's MP_JOIN (RFC 8684 §3.2), each side contributes a fresh
+//! nonce and every MAC after the Init covers both: a copied Init is
+//! useless on any other connection, because that connection's Challenge
+//! carries another nonce and only the key holder can answer it. Nothing is
+//! decided on an Init alone: the answerer takes the attempt's number
+//! ([`Gate::commit`], check and record in one step) only on a genuine
+//! Proof, freezes only then, and hands no byte of the connection to the
+//! program before it. A refused, raced or abandoned attempt therefore
+//! costs the real peer nothing. The Challenge's MAC proves the answerer
+//! too, so the dialler freezes for no one else.
 //!
-//! Everything after the handshake is stream data. The decoders consume
-//! exactly one message and leave the rest of the caller's buffer alone.
+//! The price against a handshake of one round trip is one round trip: the
+//! dialler's first stream byte leaves 1 RTT after the connection is up
+//! (behind its Proof) rather than with the Init.
+//!
+//! # The arithmetic
+//!
+//! Each side counts `rx`, stream bytes received (handed to the program
+//! plus held for it), and keeps a [`ReplayRing`] of what it sent that the
+//! peer may lack, trimmed only to what the peer's TCP acknowledged. Both
+//! rx counts are taken after draining the old connection, so every byte a
+//! TCP acknowledged is counted by its receiver.
+//!
+//! - The dialler sends from `from`: eager (the old address is gone, its
+//!   flight is lost) from the first byte its old connection had not seen
+//!   acknowledged; lazy (make-before-break: the old path still delivers
+//!   its flight) not before the Ack, from the answerer's rx, so a window
+//!   in flight is not pushed again through a new slow start.
+//! - The answerer sends from `max(proof.rx, ring start)`: between the
+//!   dialler's freeze and its own, the dialler's kernel may acknowledge
+//!   (and our ring drop) more of our bytes than the dialler had counted.
+//!   The dialler then drains its old connection again and has them.
+//! - Each side drops the first `its rx - their from` bytes that follow the
+//!   other's message: it has them already. A `from` above the rx (a hole),
+//!   a peer's rx the ring no longer holds, or an rx above what was ever
+//!   sent cannot be made exact: the attempt fails with that error and is
+//!   never rounded off.
+
+pub mod wire;
 
 use crate::ids::StreamId;
 use crate::keys::{MacKey, MoveCounter, StreamKey};
 use crate::ring::{ReplayRing, RingError};
 use std::fmt;
+use wire::{Binding, Decoder, Init, Msg};
+pub use wire::{Nonce, WireError};
 
-pub const MAGIC: [u8; 4] = *b"WISP";
-pub const VERSION: u8 = 2;
-/// Magic, version, type: enough to know the message's length.
-pub const HEADER_LEN: usize = 6;
-pub const INIT_LEN: usize = HEADER_LEN + 16 + 8 + 8 + 8 + 32;
-pub const ACK_LEN: usize = HEADER_LEN + 8 + 32;
-
-/// An Init's `from` when no stream bytes follow it: the initiator resends
-/// only after the Ack, from the responder's rx (a make-before-break move,
-/// where the old path still delivers what was in flight).
+/// A Proof's `from` when no stream bytes follow it: the dialler resends
+/// only after the Ack, from the answerer's rx.
 pub const LAZY: u64 = u64::MAX;
 
-const TYPE_INIT: u8 = 1;
-const TYPE_ACK: u8 = 2;
-
-/// Why a handshake failed or a stream cannot be resumed. Each one ends the
-/// new connection; the stream itself goes on waiting for a good one,
-/// except for [`ResumeError::Unresumable`] and [`ResumeError::PeerAhead`],
-/// after which it can never be made exact again and must be reset.
+/// Why an attempt failed. Each one ends the new connection; the stream
+/// goes on waiting for a good one, except after
+/// [`ResumeError::Unresumable`], [`ResumeError::PeerAhead`] and
+/// [`ResumeError::Gap`] on a genuine peer, after which it can never be
+/// made exact again and must be reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeError {
-    /// Not a wisp handshake at all (a port scanner, a stray client).
-    BadMagic,
-    /// A wisp handshake of a version we do not speak.
-    BadVersion(u8),
-    /// A message type we do not know.
-    BadType(u8),
-    /// A well-formed message of the other direction (an Ack where an Init
-    /// belongs, or the reverse).
+    /// The bytes are not a handshake we speak.
+    Wire(WireError),
+    /// A readable message out of its place (an Ack where an Init belongs).
     Unexpected,
-    /// The MAC does not verify: wrong key, or a field altered.
+    /// The MAC does not verify: wrong key, a field altered, or a message
+    /// made for another connection.
     BadMac,
-    /// A counter at or below one already used: a replayed handshake.
+    /// An attempt number at or below one already taken: a replay, or an
+    /// attempt overtaken by a newer one.
     StaleCounter { counter: u64, last: u64 },
     /// No stream by that id here.
     UnknownStream(StreamId),
-    /// The peer needs bytes from `peer_rx` on, but we only hold them from
-    /// `ring_start`: they were dropped before the peer had them.
+    /// The peer needs bytes from `peer_rx` on, but we hold them only from
+    /// `ring_start`.
     Unresumable { peer_rx: u64, ring_start: u64 },
     /// The peer claims to have received more than we ever sent.
     PeerAhead { peer_rx: u64, tx: u64 },
-    /// The initiator resends from `from`, but we have received only `rx`:
-    /// the bytes between were acknowledged to it and then lost here.
+    /// The peer resends from `from`, but we have received only `rx`: the
+    /// bytes between were acknowledged to it and then lost here.
     Gap { from: u64, rx: u64 },
+    /// The I/O layer broke the machine's rules (fed stream bytes before
+    /// the freeze it was asked for): a bug, reported rather than obeyed.
+    Misuse(&'static str),
+}
+
+impl From<WireError> for ResumeError {
+    fn from(e: WireError) -> ResumeError {
+        ResumeError::Wire(e)
+    }
 }
 
 impl fmt::Display for ResumeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ResumeError::BadMagic => write!(f, "not a wisp resume handshake (bad magic)"),
-            ResumeError::BadVersion(v) => write!(f, "resume handshake version {v} unsupported"),
-            ResumeError::BadType(t) => write!(f, "unknown resume message type {t}"),
-            ResumeError::Unexpected => write!(f, "resume message of the wrong direction"),
+            ResumeError::Wire(WireError::BadMagic) => {
+                write!(f, "not a wisp resume handshake (bad magic)")
+            }
+            ResumeError::Wire(WireError::BadVersion(v)) => {
+                write!(f, "resume handshake version {v} unsupported")
+            }
+            ResumeError::Wire(WireError::BadType(t)) => {
+                write!(f, "unknown resume message type {t}")
+            }
+            ResumeError::Unexpected => write!(f, "resume message out of its place"),
             ResumeError::BadMac => write!(f, "resume MAC does not verify"),
             ResumeError::StaleCounter { counter, last } => write!(
                 f,
-                "resume counter {counter} not above {last} (replayed handshake)"
+                "resume counter {counter} not above {last} (replayed or overtaken)"
             ),
-            ResumeError::UnknownStream(id) => write!(f, "no stream {id}"),
+            ResumeError::UnknownStream(id) => write!(f, "unknown stream {id}"),
             ResumeError::Unresumable {
                 peer_rx,
                 ring_start,
@@ -130,275 +143,620 @@ impl fmt::Display for ResumeError {
                 f,
                 "peer resends from {from} but only {rx} bytes arrived here"
             ),
+            ResumeError::Misuse(what) => write!(f, "resume machine misused: {what}"),
         }
     }
 }
 
 impl std::error::Error for ResumeError {}
 
-/// The initiator's opening message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Init {
-    pub stream_id: StreamId,
-    /// The claim's number; each value opens at most one connection.
-    pub counter: u64,
-    /// Stream bytes the initiator has received.
-    pub rx: u64,
-    /// Where the initiator's stream bytes that follow the Init start.
-    pub from: u64,
-    pub mac: [u8; 32],
-}
-
-/// The responder's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ack {
-    /// Stream bytes the responder has received.
-    pub rx: u64,
-    pub mac: [u8; 32],
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
-    Init(Init),
-    Ack(Ack),
-}
-
-fn header(kind: u8) -> [u8; HEADER_LEN] {
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, kind]
-}
-
-fn init_tag(key: &MacKey, stream_id: &StreamId, counter: u64, rx: u64, from: u64) -> [u8; 32] {
-    key.tag(&init_parts(
-        stream_id,
-        &counter.to_be_bytes(),
-        &rx.to_be_bytes(),
-        &from.to_be_bytes(),
-    ))
-}
-
-fn init_parts<'a>(
-    stream_id: &'a StreamId,
-    counter: &'a [u8; 8],
-    rx: &'a [u8; 8],
-    from: &'a [u8; 8],
-) -> [&'a [u8]; 5] {
-    [b"init", &stream_id.0, counter, rx, from]
-}
-
-fn ack_ok(key: &MacKey, ack: &Ack, stream_id: &StreamId, counter: u64) -> bool {
-    let (c, r) = (counter.to_be_bytes(), ack.rx.to_be_bytes());
-    key.verify(&ack_parts(stream_id, &c, &r), &ack.mac)
-}
-
-fn ack_parts<'a>(stream_id: &'a StreamId, counter: &'a [u8; 8], rx: &'a [u8; 8]) -> [&'a [u8]; 4] {
-    [b"ack", &stream_id.0, counter, rx]
-}
-
-impl Init {
-    /// An Init signed with our resume key.
-    pub fn new(key: &StreamKey, stream_id: StreamId, counter: u64, rx: u64, from: u64) -> Init {
-        Init::new_with(key.resume_out(), stream_id, counter, rx, from)
-    }
-
-    fn new_with(key: &MacKey, stream_id: StreamId, counter: u64, rx: u64, from: u64) -> Init {
-        let mac = init_tag(key, &stream_id, counter, rx, from);
-        Init {
-            stream_id,
-            counter,
-            rx,
-            from,
-            mac,
-        }
-    }
-
-    /// Whether the peer made this Init with the stream's key.
-    pub fn verify(&self, key: &StreamKey) -> bool {
-        let (c, r, f) = (
-            self.counter.to_be_bytes(),
-            self.rx.to_be_bytes(),
-            self.from.to_be_bytes(),
-        );
-        key.resume_in()
-            .verify(&init_parts(&self.stream_id, &c, &r, &f), &self.mac)
-    }
-
-    pub fn encode(&self) -> [u8; INIT_LEN] {
-        let mut out = [0u8; INIT_LEN];
-        out[..HEADER_LEN].copy_from_slice(&header(TYPE_INIT));
-        out[6..22].copy_from_slice(&self.stream_id.0);
-        out[22..30].copy_from_slice(&self.counter.to_be_bytes());
-        out[30..38].copy_from_slice(&self.rx.to_be_bytes());
-        out[38..46].copy_from_slice(&self.from.to_be_bytes());
-        out[46..78].copy_from_slice(&self.mac);
-        out
+impl ResumeError {
+    /// Whether the stream itself can never be exact again (reset it),
+    /// rather than just this connection having failed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ResumeError::Unresumable { .. }
+                | ResumeError::PeerAhead { .. }
+                | ResumeError::Gap { .. }
+        )
     }
 }
 
-impl Ack {
-    /// An Ack to the Init of `stream_id` numbered `counter`, signed with
-    /// our resume key.
-    pub fn new(key: &StreamKey, stream_id: &StreamId, counter: u64, rx: u64) -> Ack {
-        let (c, r) = (counter.to_be_bytes(), rx.to_be_bytes());
-        let mac = key.resume_out().tag(&ack_parts(stream_id, &c, &r));
-        Ack { rx, mac }
-    }
-
-    /// Whether the peer made this Ack, with the stream's key, for our Init
-    /// of `stream_id` numbered `counter`.
-    pub fn verify(&self, key: &StreamKey, stream_id: &StreamId, counter: u64) -> bool {
-        ack_ok(key.resume_in(), self, stream_id, counter)
-    }
-
-    pub fn encode(&self) -> [u8; ACK_LEN] {
-        let mut out = [0u8; ACK_LEN];
-        out[..HEADER_LEN].copy_from_slice(&header(TYPE_ACK));
-        out[6..14].copy_from_slice(&self.rx.to_be_bytes());
-        out[14..46].copy_from_slice(&self.mac);
-        out
-    }
+/// What a move needs of the stream, frozen: no program call is inside
+/// the old connection, and none starts until the move is over.
+pub trait StreamView {
+    /// Stream bytes received: handed to the program plus held for it.
+    fn rx(&self) -> u64;
+    /// Our sent bytes the peer may lack.
+    fn ring(&self) -> &ReplayRing;
+    /// Read everything the old connection still holds for us into the
+    /// bytes held for the program, placed by offset ([`Cursor`]): an
+    /// earlier attempt's connection may have brought some of them.
+    fn drain_old(&mut self);
+    /// How far our bytes were acknowledged on the old connection (tx less
+    /// the old socket's unacknowledged count), if that can be known.
+    fn acked_on_old(&mut self) -> Option<u64>;
+    /// Forget ring bytes below `to`: the peer's TCP has them.
+    fn trim(&mut self, to: u64);
+    /// Stream bytes that arrived on the new connection: held for the
+    /// program, read before anything the new socket brings later.
+    fn deliver(&mut self, bytes: &[u8]);
 }
 
-fn u64_at(buf: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[at..at + 8]);
-    u64::from_be_bytes(b)
-}
-
-fn mac_at(buf: &[u8], at: usize) -> [u8; 32] {
-    let mut m = [0u8; 32];
-    m.copy_from_slice(&buf[at..at + 32]);
-    m
-}
-
-/// Read one message from the front of `buf`. `Ok(None)`: not all of it is
-/// there yet. `Ok(Some((msg, n)))`: the message took `buf[..n]`, and
-/// `buf[n..]` is the caller's (stream data). Errors come as soon as the
-/// bytes so far show them: a connection that does not start with `WISP`
-/// is refused at its first byte.
-pub fn decode(buf: &[u8]) -> Result<Option<(Msg, usize)>, ResumeError> {
-    let seen = buf.len().min(MAGIC.len());
-    if buf[..seen] != MAGIC[..seen] {
-        return Err(ResumeError::BadMagic);
-    }
-    if let Some(&v) = buf.get(4) {
-        if v != VERSION {
-            return Err(ResumeError::BadVersion(v));
-        }
-    }
-    let Some(&kind) = buf.get(5) else {
-        return Ok(None);
-    };
-    let len = msg_len(kind)?;
-    if buf.len() < len {
-        return Ok(None);
-    }
-    let msg = match kind {
-        TYPE_INIT => {
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&buf[6..22]);
-            Msg::Init(Init {
-                stream_id: StreamId(id),
-                counter: u64_at(buf, 22),
-                rx: u64_at(buf, 30),
-                from: u64_at(buf, 38),
-                mac: mac_at(buf, 46),
-            })
-        }
-        _ => Msg::Ack(Ack {
-            rx: u64_at(buf, 6),
-            mac: mac_at(buf, 14),
-        }),
-    };
-    Ok(Some((msg, len)))
-}
-
-fn msg_len(kind: u8) -> Result<usize, ResumeError> {
-    match kind {
-        TYPE_INIT => Ok(INIT_LEN),
-        TYPE_ACK => Ok(ACK_LEN),
-        other => Err(ResumeError::BadType(other)),
-    }
-}
-
-/// [`decode`] for bytes that arrive in pieces: keeps the partial message
-/// (at most [`INIT_LEN`] bytes, no allocation) between reads.
-#[derive(Debug, Clone)]
-pub struct Decoder {
-    buf: [u8; INIT_LEN],
-    fill: usize,
-    failed: Option<ResumeError>,
-}
-
-impl Default for Decoder {
-    fn default() -> Decoder {
-        Decoder::new()
-    }
-}
-
-impl Decoder {
-    pub fn new() -> Decoder {
-        Decoder {
-            buf: [0; INIT_LEN],
-            fill: 0,
-            failed: None,
-        }
-    }
-
-    /// Take bytes from the front of `input`, only as many as the message
-    /// needs, and advance `input` past them: what is left in it after a
-    /// message is stream data. `None`: need more. After an error the
-    /// decoder takes nothing more and repeats the error.
-    pub fn push(&mut self, input: &mut &[u8]) -> Option<Result<Msg, ResumeError>> {
-        if let Some(e) = self.failed {
-            return Some(Err(e));
-        }
-        loop {
-            let want = if self.fill < HEADER_LEN {
-                HEADER_LEN
-            } else {
-                // The header is complete and was checked by decode below.
-                msg_len(self.buf[5]).unwrap_or(HEADER_LEN)
-            };
-            let take = (want - self.fill).min(input.len());
-            if take == 0 {
-                return None;
-            }
-            self.buf[self.fill..self.fill + take].copy_from_slice(&input[..take]);
-            self.fill += take;
-            *input = &input[take..];
-            match decode(&self.buf[..self.fill]) {
-                Err(e) => {
-                    self.failed = Some(e);
-                    return Some(Err(e));
-                }
-                Ok(Some((msg, _))) => {
-                    self.fill = 0;
-                    return Some(Ok(msg));
-                }
-                Ok(None) => {}
-            }
-        }
-    }
-}
-
-/// What to resend on the new connection: our stream from `from` (the
-/// peer's rx) to our tx, `len` bytes, then whatever the program writes.
+/// Where the next byte a connection brings sits in the stream. Every
+/// inbound byte is placed by its offset: what lies below the stream's rx
+/// arrived already, through another connection, and is dropped. An
+/// attempt that failed after its connection brought bytes leaves the old
+/// connection behind by that much, and its bytes up to rx are the same
+/// ones again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resend {
-    pub from: u64,
-    pub len: u64,
+pub struct Cursor {
+    pub next: u64,
+}
+
+impl Cursor {
+    /// The part of `bytes` (the connection's next ones) the stream lacks,
+    /// given it has received `rx`; the cursor moves past all of `bytes`.
+    /// A cursor beyond `rx` would leave a hole: never rounded off.
+    pub fn take<'a>(&mut self, rx: u64, bytes: &'a [u8]) -> Result<&'a [u8], ResumeError> {
+        if self.next > rx {
+            return Err(ResumeError::Gap {
+                from: self.next,
+                rx,
+            });
+        }
+        let dup = (rx - self.next).min(bytes.len() as u64) as usize;
+        self.next += bytes.len() as u64;
+        Ok(&bytes[dup..])
+    }
+
+    /// How many bytes to read and drop before the connection brings
+    /// anything new.
+    pub fn behind(&self, rx: u64) -> u64 {
+        rx.saturating_sub(self.next)
+    }
+}
+
+/// How the dialler resends what its old connection had in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Right behind the Proof, from the first byte the old connection had
+    /// not seen acknowledged: the old address is gone, and its flight with
+    /// it.
+    Eager,
+    /// After the Ack, from the answerer's rx: the old address is still
+    /// ours (make-before-break), and the old path still delivers.
+    Lazy,
+}
+
+impl Resend {
+    pub fn for_move(old_address_still_ours: bool) -> Resend {
+        if old_address_still_ours {
+            Resend::Lazy
+        } else {
+            Resend::Eager
+        }
+    }
+}
+
+/// What an answer does when the peer has proved an attempt while our own
+/// dialler holds the stream's move (both ends moved at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contention {
+    /// Our dialler gives way: the peer's connection reached us where we
+    /// are and proved itself just now, so it serves both moves, while
+    /// ours may be dialling an address the peer has left.
+    OursYields,
+    /// Refuse the peer's: both dialled and both froze; the connection
+    /// dialled from the lower address is kept.
+    TheirsRefused,
+    /// Wait for our dialler to fail: the peer refuses it.
+    Wait,
+}
+
+/// `our_dial_frozen`: our dialler has had its Challenge (and froze).
+/// `ours`/`theirs`: where our connection and theirs were dialled from.
+pub fn contention(
+    our_dial_frozen: bool,
+    ours: std::net::IpAddr,
+    theirs: std::net::IpAddr,
+) -> Contention {
+    if !our_dial_frozen {
+        Contention::OursYields
+    } else if ours < theirs {
+        Contention::TheirsRefused
+    } else {
+        Contention::Wait
+    }
+}
+
+/// Answers that have not seen a Proof yet, at most per source address
+/// and in all (per process): anyone may open connections to a SIP port
+/// and an on-path observer may replay a genuine Init on each, but none of
+/// them can crowd out the genuine dialler's, which comes from an address
+/// of its own.
+pub const UNPROVEN_PER_SOURCE: usize = 2;
+pub const UNPROVEN_MAX: usize = 32;
+
+/// What to do with a new unproven answer from `source`, given the sources
+/// of those waiting (oldest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// Admit it after dropping the waiting one at this index: the oldest
+    /// of its own source when that source is at its share, else the
+    /// oldest of the source holding the most.
+    Evict(usize),
+}
+
+pub fn admit<A: PartialEq>(waiting: &[A], source: &A) -> Admit {
+    let count = |a: &A| waiting.iter().filter(|w| *w == a).count();
+    if count(source) >= UNPROVEN_PER_SOURCE {
+        return Admit::Evict(waiting.iter().position(|w| w == source).unwrap_or(0));
+    }
+    if waiting.len() >= UNPROVEN_MAX {
+        let most = (0..waiting.len())
+            .max_by_key(|&i| (count(&waiting[i]), std::cmp::Reverse(i)))
+            .unwrap_or(0);
+        return Admit::Evict(most);
+    }
+    Admit::Yes
+}
+
+/// A stream's record of resume attempts: our own attempt numbers and the
+/// peer's, as taken. One per stream, behind the stream's lock in the I/O
+/// layer: [`Gate::commit`] is the single place a number is taken.
+#[derive(Debug, Default)]
+pub struct Gate {
+    taken: MoveCounter,
+    sent: u64,
+    proven: u64,
+}
+
+impl Gate {
+    /// The number for our next attempt: above all we used, since the peer
+    /// takes each at most once and either side may be the one that dials.
+    pub fn next_attempt(&mut self) -> u64 {
+        self.sent += 1;
+        self.sent
+    }
+
+    /// Whether an Init numbered `counter` is worth a Challenge.
+    pub fn is_fresh(&self, counter: u64) -> bool {
+        self.taken.is_fresh(counter)
+    }
+
+    /// The peer proved attempt `counter` on some connection: an answer
+    /// still under way for an older one gives way ([`Gate::superseded`]).
+    pub fn proven(&mut self, counter: u64) {
+        self.proven = self.proven.max(counter);
+    }
+
+    /// Take attempt `counter`: check and record in one step, so two
+    /// connections racing with the same number cannot both have it.
+    pub fn commit(&mut self, counter: u64) -> Result<(), ResumeError> {
+        let last = self.taken.last();
+        if self.taken.accept(counter) {
+            self.proven(counter);
+            Ok(())
+        } else {
+            Err(ResumeError::StaleCounter { counter, last })
+        }
+    }
+
+    /// Whether a newer attempt than `counter` has been proven: the peer
+    /// has moved on from the connection `counter` runs on.
+    pub fn superseded(&self, counter: u64) -> bool {
+        self.proven > counter
+    }
+
+    /// The highest attempt number taken.
+    pub fn last_taken(&self) -> u64 {
+        self.taken.last()
+    }
+}
+
+/// What the machine asks of the I/O layer before it can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: feed it more bytes (and write what it has to send).
+    Input,
+    /// An Init names this stream: find it and call [`Exchange::found`].
+    Lookup(StreamId),
+    /// The answerer proved the key: freeze the stream, then call
+    /// [`Exchange::frozen`].
+    Freeze,
+    /// The dialler proved attempt `counter` on this connection: take it
+    /// with [`Gate::commit`] (an error ends the connection), freeze the
+    /// stream, then call [`Exchange::frozen`].
+    Commit(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Answerer: waiting for the Init; then for the lookup.
+    AwaitInit,
+    Lookup,
+    /// Answerer: Challenge sent, waiting for the Proof; then for the
+    /// commit and freeze.
+    AwaitProof,
+    Commit,
+    /// Dialler: Init sent, waiting for the Challenge; then for the freeze.
+    AwaitChallenge,
+    Freeze,
+    /// Dialler: Proof sent, waiting for the Ack.
+    AwaitAck,
+    /// Handshake done: the peer's bytes go to the stream, placed by
+    /// offset from `inbound`.
+    Stream,
+}
+
+/// One resume attempt on one connection, either role.
+pub struct Exchange {
+    state: State,
+    decoder: Decoder,
+    /// Our key for what we send, and the peer's for what we check.
+    keys: Option<(MacKey, MacKey)>,
+    init: Option<Init>,
+    binding: Option<Binding>,
+    /// Handshake bytes not yet written.
+    out: Vec<u8>,
+    /// Where our resent stream goes on from (None: not yet known).
+    resend_at: Option<u64>,
+    /// Dialler: how it resends, and what its Proof said.
+    mode: Resend,
+    claimed_rx: u64,
+    claimed_from: u64,
+    /// Where the next stream byte from the peer on this connection sits.
+    inbound: Cursor,
+}
+
+impl fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange")
+            .field("state", &self.state)
+            .field("resend_at", &self.resend_at)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exchange {
+    fn blank(state: State) -> Exchange {
+        Exchange {
+            state,
+            decoder: Decoder::default(),
+            keys: None,
+            init: None,
+            binding: None,
+            out: Vec::new(),
+            resend_at: None,
+            mode: Resend::Eager,
+            claimed_rx: 0,
+            claimed_from: 0,
+            inbound: Cursor { next: 0 },
+        }
+    }
+
+    /// The side that moved opens attempt `counter` (from
+    /// [`Gate::next_attempt`]) with a fresh random `nonce_a`.
+    pub fn dial(
+        key: &StreamKey,
+        stream_id: StreamId,
+        counter: u64,
+        nonce_a: Nonce,
+        mode: Resend,
+    ) -> Exchange {
+        let out_key = key.resume_out().clone();
+        let init = Init::new(&out_key, stream_id, counter, nonce_a);
+        let mut ex = Exchange::blank(State::AwaitChallenge);
+        ex.out = Msg::Init(init.clone()).encode();
+        ex.keys = Some((out_key, key.resume_in().clone()));
+        ex.init = Some(init);
+        ex.mode = mode;
+        ex
+    }
+
+    /// A connection to our SIP port that starts with the magic.
+    pub fn answer() -> Exchange {
+        Exchange::blank(State::AwaitInit)
+    }
+
+    /// The attempt's number, once an Init was read or sent.
+    pub fn counter(&self) -> Option<u64> {
+        self.init.as_ref().map(|i| i.counter)
+    }
+
+    /// The stream the Init named.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.init.as_ref().map(|i| i.stream_id)
+    }
+
+    /// Whether the handshake has completed: the peer proved the key on
+    /// this very connection and stream bytes now flow.
+    pub fn established(&self) -> bool {
+        self.state == State::Stream
+    }
+
+    /// Whether the freeze was asked for and made (the stream is this
+    /// attempt's until it ends).
+    pub fn holds_stream(&self) -> bool {
+        matches!(self.state, State::AwaitAck | State::Stream)
+    }
+
+    /// Where the next stream byte this connection brings sits: the data
+    /// path places what it reads there after the swap (what lies below
+    /// the stream's rx then is a duplicate and is dropped).
+    pub fn inbound(&self) -> Cursor {
+        self.inbound
+    }
+
+    /// Take bytes read from the connection. Consumes handshake messages,
+    /// drops the overlap, hands stream bytes to `view`; stops at anything
+    /// the I/O layer must do first (the rest stays in `input`). `view` is
+    /// needed once the stream is frozen.
+    pub fn input(
+        &mut self,
+        input: &mut &[u8],
+        mut view: Option<&mut dyn StreamView>,
+    ) -> Result<Need, ResumeError> {
+        loop {
+            match self.state {
+                State::Lookup => return Ok(Need::Lookup(self.init.as_ref().unwrap().stream_id)),
+                State::Freeze => return Ok(Need::Freeze),
+                State::Commit => return Ok(Need::Commit(self.init.as_ref().unwrap().counter)),
+                State::Stream => {
+                    if input.is_empty() {
+                        return Ok(Need::Input);
+                    }
+                    let view = view.ok_or(ResumeError::Misuse("stream bytes before the freeze"))?;
+                    let new = self.inbound.take(view.rx(), input)?;
+                    view.deliver(new);
+                    *input = &[];
+                    return Ok(Need::Input);
+                }
+                _ => {}
+            }
+            let msg = match self.decoder.push(input) {
+                None => return Ok(Need::Input),
+                Some(m) => m?,
+            };
+            match (self.state, msg) {
+                (State::AwaitInit, Msg::Init(init)) => {
+                    self.init = Some(init);
+                    self.state = State::Lookup;
+                }
+                (State::AwaitChallenge, Msg::Challenge(c)) => {
+                    let init = self.init.as_ref().unwrap();
+                    let binding = Binding {
+                        stream_id: init.stream_id,
+                        counter: init.counter,
+                        nonce_a: init.nonce_a,
+                        nonce_b: c.nonce_b,
+                    };
+                    if !binding.challenge_ok(&self.keys.as_ref().unwrap().1, &c) {
+                        return Err(ResumeError::BadMac);
+                    }
+                    self.binding = Some(binding);
+                    self.state = State::Freeze;
+                }
+                (State::AwaitProof, Msg::Proof(p)) => {
+                    let (_, inn) = self.keys.as_ref().unwrap();
+                    if !self.binding.as_ref().unwrap().proof_ok(inn, &p) {
+                        return Err(ResumeError::BadMac);
+                    }
+                    self.claimed_rx = p.rx;
+                    self.claimed_from = p.from;
+                    self.state = State::Commit;
+                }
+                (State::AwaitAck, Msg::Ack(a)) => {
+                    let (_, inn) = self.keys.as_ref().unwrap();
+                    if !self.binding.as_ref().unwrap().ack_ok(inn, &a) {
+                        return Err(ResumeError::BadMac);
+                    }
+                    let view = view
+                        .as_deref_mut()
+                        .ok_or(ResumeError::Misuse("an Ack before the freeze"))?;
+                    self.acked(&a, view)?;
+                }
+                _ => return Err(ResumeError::Unexpected),
+            }
+        }
+    }
+
+    /// Answerer: the stream the Init named, with its key and gate. Checks
+    /// the Init (a copy of a genuine one passes: nothing is decided here)
+    /// and queues our Challenge with the fresh `nonce_b`.
+    pub fn found(
+        &mut self,
+        key: &StreamKey,
+        gate: &Gate,
+        nonce_b: Nonce,
+    ) -> Result<(), ResumeError> {
+        if self.state != State::Lookup {
+            return Err(ResumeError::Misuse("found() without a lookup"));
+        }
+        let init = self.init.as_ref().unwrap();
+        let (out, inn) = (key.resume_out().clone(), key.resume_in().clone());
+        if !init.verify(&inn) {
+            return Err(ResumeError::BadMac);
+        }
+        if !gate.is_fresh(init.counter) {
+            return Err(ResumeError::StaleCounter {
+                counter: init.counter,
+                last: gate.last_taken(),
+            });
+        }
+        let binding = Binding {
+            stream_id: init.stream_id,
+            counter: init.counter,
+            nonce_a: init.nonce_a,
+            nonce_b,
+        };
+        self.out
+            .extend(Msg::Challenge(binding.challenge(&out)).encode());
+        self.binding = Some(binding);
+        self.keys = Some((out, inn));
+        self.state = State::AwaitProof;
+        Ok(())
+    }
+
+    /// The stream is frozen (and, answering, the attempt's number taken):
+    /// take the counts and queue our Proof or Ack.
+    pub fn frozen(&mut self, view: &mut dyn StreamView) -> Result<(), ResumeError> {
+        let binding = self
+            .binding
+            .as_ref()
+            .ok_or(ResumeError::Misuse("frozen() before the handshake"))?;
+        let out = &self.keys.as_ref().unwrap().0;
+        match self.state {
+            State::Freeze => {
+                view.drain_old();
+                let from = match self.mode {
+                    Resend::Eager => {
+                        if let Some(acked) = view.acked_on_old() {
+                            view.trim(acked);
+                        }
+                        view.ring().start()
+                    }
+                    Resend::Lazy => LAZY,
+                };
+                let rx = view.rx();
+                self.out
+                    .extend(Msg::Proof(binding.proof(out, rx, from)).encode());
+                self.claimed_rx = rx;
+                self.claimed_from = from;
+                if from != LAZY {
+                    self.resend_at = Some(from);
+                }
+                self.state = State::AwaitAck;
+                Ok(())
+            }
+            State::Commit => {
+                view.drain_old();
+                let ring = view.ring();
+                let peer_rx = self.claimed_rx;
+                if peer_rx > ring.tx() {
+                    return Err(ResumeError::PeerAhead {
+                        peer_rx,
+                        tx: ring.tx(),
+                    });
+                }
+                // Our ring may have dropped more than the peer counted (its
+                // kernel acknowledged them after its freeze): it drains them
+                // on our Ack.
+                let from = peer_rx.max(ring.start());
+                let rx = view.rx();
+                // The dialler's bytes start at its `from`, or (lazy) at our
+                // rx once it has our Ack; a `from` above our rx is a hole.
+                let inbound = if self.claimed_from == LAZY {
+                    rx
+                } else {
+                    skip(self.claimed_from, rx)?;
+                    self.claimed_from
+                };
+                self.inbound = Cursor { next: inbound };
+                self.out
+                    .extend(Msg::Ack(binding.ack(out, rx, from)).encode());
+                self.resend_at = Some(from);
+                self.state = State::Stream;
+                Ok(())
+            }
+            _ => Err(ResumeError::Misuse("frozen() not asked for")),
+        }
+    }
+
+    /// Dialler: a genuine Ack.
+    fn acked(&mut self, a: &wire::Ack, view: &mut dyn StreamView) -> Result<(), ResumeError> {
+        // Bytes our kernel acknowledged since our freeze may be what the
+        // answerer no longer holds: they are in the old socket.
+        view.drain_old();
+        let rx = view.rx();
+        if a.from > rx {
+            return Err(ResumeError::Gap { from: a.from, rx });
+        }
+        self.inbound = Cursor { next: a.from };
+        if a.from < self.claimed_rx {
+            // The answerer resends from below what we said we had: a
+            // genuine answerer never does (MAC-checked, so a bug).
+            return Err(ResumeError::Gap {
+                from: a.from,
+                rx: self.claimed_rx,
+            });
+        }
+        match self.mode {
+            Resend::Eager => {
+                // We resend from `claimed_from`: the answerer must have
+                // everything before it.
+                if a.rx < self.claimed_from {
+                    return Err(ResumeError::Unresumable {
+                        peer_rx: a.rx,
+                        ring_start: self.claimed_from,
+                    });
+                }
+                if a.rx > view.ring().tx() {
+                    return Err(ResumeError::PeerAhead {
+                        peer_rx: a.rx,
+                        tx: view.ring().tx(),
+                    });
+                }
+            }
+            Resend::Lazy => {
+                plan(view.ring(), a.rx)?;
+                self.resend_at = Some(a.rx);
+            }
+        }
+        self.state = State::Stream;
+        Ok(())
+    }
+
+    /// The next bytes to write: handshake first, then our stream from
+    /// where the peer needs it. None: nothing to write now.
+    pub fn poll_transmit<'a>(&'a self, ring: Option<&'a ReplayRing>) -> Option<&'a [u8]> {
+        if !self.out.is_empty() {
+            return Some(&self.out);
+        }
+        let (at, ring) = (self.resend_at?, ring?);
+        let (a, b) = ring.slice_from(at).ok()?;
+        let s = if a.is_empty() { b } else { a };
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// Whether what [`Exchange::poll_transmit`] gives now is handshake
+    /// (rather than stream bytes).
+    pub fn handshake_pending(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// `n` bytes of what [`Exchange::poll_transmit`] gave were written.
+    pub fn transmitted(&mut self, n: usize) {
+        if !self.out.is_empty() {
+            self.out.drain(..n.min(self.out.len()));
+        } else if let Some(at) = self.resend_at.as_mut() {
+            *at += n as u64;
+        }
+    }
+
+    /// The connection can be put under the program's descriptors: the
+    /// handshake is complete and everything the peer lacked written
+    /// (whatever the program writes next follows it). The overlap the
+    /// peer resends need not have arrived: the data path drops it by
+    /// offset ([`Exchange::inbound`]).
+    pub fn is_done(&self, ring: &ReplayRing) -> bool {
+        self.out.is_empty()
+            && self.state == State::Stream
+            && self.resend_at.is_none_or(|at| at >= ring.tx())
+    }
 }
 
 /// The resume arithmetic: the peer has our bytes below `peer_rx`, so we
 /// resend from there. A gap (the ring no longer holds `peer_rx`) or a
 /// claim beyond what we sent is an error and never rounded off: a stream
 /// that skips or repeats bytes is worse than one that is reset.
-pub fn plan(ring: &ReplayRing, peer_rx: u64) -> Result<Resend, ResumeError> {
+pub fn plan(ring: &ReplayRing, peer_rx: u64) -> Result<u64, ResumeError> {
     match ring.slice_from(peer_rx) {
-        Ok(_) => Ok(Resend {
-            from: peer_rx,
-            len: ring.tx() - peer_rx,
-        }),
+        Ok(_) => Ok(ring.tx() - peer_rx),
         Err(RingError::Gone { start, .. }) => Err(ResumeError::Unresumable {
             peer_rx,
             ring_start: start,
@@ -407,182 +765,14 @@ pub fn plan(ring: &ReplayRing, peer_rx: u64) -> Result<Resend, ResumeError> {
     }
 }
 
-/// What the responder knows of a stream, lent for one handshake.
-pub struct StreamState<'a> {
-    pub key: &'a StreamKey,
-    /// Counters of Inits accepted on this stream.
-    pub counter: &'a mut MoveCounter,
-    /// Our outgoing stream's bytes.
-    pub ring: &'a ReplayRing,
-    /// Stream bytes we have received (drained from the old connection).
-    pub rx: u64,
-}
-
-/// The responder's decision on a good Init.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub stream_id: StreamId,
-    /// Send this first ...
-    pub ack: [u8; ACK_LEN],
-    /// ... then our stream from the peer's rx; the connection then belongs
-    /// to the stream.
-    pub resend: Resend,
-    /// The first `skip` stream bytes after the Init are ones we already
-    /// have (our rx minus the Init's `from`): drop them.
-    pub skip: u64,
-}
-
-/// The accepting side of a resume: reads the Init off a fresh connection.
-#[derive(Debug, Clone, Default)]
-pub struct Responder {
-    decoder: Decoder,
-}
-
-impl Responder {
-    pub fn new() -> Responder {
-        Responder::default()
-    }
-
-    /// Feed bytes read from the connection; takes only the Init, leaving
-    /// the rest of `input` (the peer's stream data) to the caller. When the
-    /// Init is complete, `lookup` is asked for the stream it names.
-    pub fn push<'k>(
-        &mut self,
-        input: &mut &[u8],
-        lookup: impl FnOnce(&StreamId) -> Option<StreamState<'k>>,
-    ) -> Option<Result<Accepted, ResumeError>> {
-        Some(self.decoder.push(input)?.and_then(|msg| match msg {
-            Msg::Init(init) => respond(&init, lookup),
-            Msg::Ack(_) => Err(ResumeError::Unexpected),
-        }))
-    }
-}
-
-/// Decide on an Init: the stream must exist, the MAC verify, the counter
-/// be fresh and the peer's rx be within what we can resend. The counter is
-/// taken only when all of that holds, so neither a forgery nor a failed
-/// attempt can use up a number.
-pub fn respond<'k>(
-    init: &Init,
-    lookup: impl FnOnce(&StreamId) -> Option<StreamState<'k>>,
-) -> Result<Accepted, ResumeError> {
-    let st = lookup(&init.stream_id).ok_or(ResumeError::UnknownStream(init.stream_id))?;
-    if !init.verify(st.key) {
-        return Err(ResumeError::BadMac);
-    }
-    if !st.counter.is_fresh(init.counter) {
-        return Err(ResumeError::StaleCounter {
-            counter: init.counter,
-            last: st.counter.last(),
-        });
-    }
-    let resend = plan(st.ring, init.rx)?;
-    let skip = skip(init.from, st.rx)?;
-    st.counter.accept(init.counter);
-    let ack = Ack::new(st.key, &init.stream_id, init.counter, st.rx).encode();
-    Ok(Accepted {
-        stream_id: init.stream_id,
-        ack,
-        resend,
-        skip,
-    })
-}
-
-/// How many of the initiator's resent bytes, which start at `from`, the
-/// responder already has after receiving `rx`. A `from` beyond `rx` is a
-/// hole nobody can fill.
+/// How many of the peer's resent bytes, which start at `from`, we already
+/// have after receiving `rx`. A `from` beyond `rx` is a hole nobody can
+/// fill.
 pub fn skip(from: u64, rx: u64) -> Result<u64, ResumeError> {
     if from == LAZY {
         return Ok(0);
     }
     rx.checked_sub(from).ok_or(ResumeError::Gap { from, rx })
-}
-
-/// The connecting side of a resume: sends the Init, then reads the Ack.
-/// Holds its own copy of the two resume keys, so the I/O layer can keep it
-/// in the same structure as the stream key without borrowing.
-pub struct Initiator {
-    out: MacKey,
-    inn: MacKey,
-    stream_id: StreamId,
-    counter: u64,
-    rx: u64,
-    from: u64,
-    decoder: Decoder,
-}
-
-impl fmt::Debug for Initiator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Initiator")
-            .field("stream_id", &self.stream_id)
-            .field("counter", &self.counter)
-            .field("rx", &self.rx)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Initiator {
-    /// `counter` must be above every Init counter this side has used on
-    /// the stream: keep one per stream and add one per attempt, since the
-    /// peer takes each number once and either side may be the one that
-    /// dials. `rx` is what we received, final: the old connection is
-    /// drained before the Init goes out. `from` is where the stream bytes
-    /// we write right behind the Init start: the oldest byte the old
-    /// connection had not seen acknowledged (the ring's start).
-    pub fn new(
-        key: &StreamKey,
-        stream_id: StreamId,
-        counter: u64,
-        rx: u64,
-        from: u64,
-    ) -> Initiator {
-        Initiator {
-            out: key.resume_out().clone(),
-            inn: key.resume_in().clone(),
-            stream_id,
-            counter,
-            rx,
-            from,
-            decoder: Decoder::new(),
-        }
-    }
-
-    /// The first bytes to write on the new connection; our stream from
-    /// `from` follows at once.
-    pub fn init(&self) -> [u8; INIT_LEN] {
-        Init::new_with(&self.out, self.stream_id, self.counter, self.rx, self.from).encode()
-    }
-
-    /// Feed bytes read from the connection; takes only the Ack, leaving
-    /// the rest of `input` (the peer's resent stream) to the caller. When
-    /// the Ack is complete and genuine, says what we resend from `ring`.
-    pub fn push(
-        &mut self,
-        input: &mut &[u8],
-        ring: &ReplayRing,
-    ) -> Option<Result<Resend, ResumeError>> {
-        Some(
-            self.decoder
-                .push(input)?
-                .and_then(|msg| self.check(&msg, ring)),
-        )
-    }
-
-    /// Decide on the peer's answer, however it was read: what the peer
-    /// still needed of what we resent from `from`.
-    pub fn check(&self, msg: &Msg, ring: &ReplayRing) -> Result<Resend, ResumeError> {
-        match msg {
-            Msg::Ack(ack) if ack_ok(&self.inn, ack, &self.stream_id, self.counter) => {
-                skip(self.from, ack.rx).map_err(|_| ResumeError::Unresumable {
-                    peer_rx: ack.rx,
-                    ring_start: self.from,
-                })?;
-                plan(ring, ack.rx)
-            }
-            Msg::Ack(_) => Err(ResumeError::BadMac),
-            Msg::Init(_) => Err(ResumeError::Unexpected),
-        }
-    }
 }
 
 #[cfg(test)]
