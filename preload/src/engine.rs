@@ -68,12 +68,12 @@ impl Stream {
 /// shutdown(SHUT_RDWR) ends the stream both ways: the dialog ends with it.
 /// A half-close (SHUT_WR) is the stream's business, carried by TCP's FIN.
 pub fn after_shutdown(fd: c_int, how: c_int) {
-    if how == libc::SHUT_RDWR {
-        if let Some(s) = stream(fd) {
-            if s.owner == std::process::id() {
-                s.hang_up();
-            }
-        }
+    let Some(s) = stream(fd) else { return };
+    if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
+        s.io.shut_wr();
+    }
+    if how == libc::SHUT_RDWR && s.owner == std::process::id() {
+        s.hang_up();
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! The side whose address changed dials the peer's SIP address (its Driver
 //! hands connections that start with `WISP` to [`accept_resume`]) from its
-//! new address and proves the stream key in the first bytes (resume Init,
-//! like MPTCP's MP_JOIN). Both sides freeze the stream (no program call in
-//! the old socket, its receive queue drained), exchange how much they have
-//! received, resend from there, and put the new socket under the program's
-//! descriptors. See ARCHITECTURE.md, "Moves".
+//! new address. Everything the handshake decides is in
+//! `sipcore::resume::Exchange`; this module carries its bytes, freezes the
+//! stream when it asks (no program call in the old socket, its receive
+//! queue drained), takes the attempt's number under the stream's move
+//! lock, and puts the new socket under the program's descriptors. See
+//! ARCHITECTURE.md, "Moves".
 
 use crate::engine::{self, Stream};
 use crate::movelog::{MoveLog, Resumed};
@@ -15,8 +16,7 @@ use libc::c_int;
 use parking_lot::Mutex;
 use sipcore::ids::StreamId;
 use sipcore::keys::{MoveCounter, StreamKey};
-use sipcore::resume::{self, Initiator, Msg, Resend, INIT_LEN};
-use std::io::Read;
+use sipcore::resume::{self, Admit, Exchange, Gate, Need, Resend};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,20 +42,21 @@ pub struct Mobility {
     pub local_ip: Mutex<IpAddr>,
     /// This side's data port (datagram streams announce it in a move).
     pub local_port: std::sync::atomic::AtomicU16,
-    /// Our resume Init counter, and the peer's we have accepted.
-    resume_sent: AtomicU64,
-    resume_seen: Mutex<MoveCounter>,
+    /// Resume attempt numbers, ours and the peer's as taken.
+    gate: Mutex<Gate>,
     /// Our re-INVITE counter, and the peer's we have accepted.
     pub moves_sent: AtomicU64,
     pub moves_seen: Mutex<MoveCounter>,
     /// One move at a time.
     lock: Mutex<()>,
-    /// Who holds `lock`: [`IDLE`], [`DIALLING`] or [`ANSWERING`].
+    /// Who holds `lock`: [`IDLE`], [`DIALLING`], [`DIALLING_FROZEN`] or
+    /// [`ANSWERING`].
     role: std::sync::atomic::AtomicU8,
-    /// The counter of the newest genuine Init: an answer still resending
-    /// on an older connection gives way to it (the peer moved again and
-    /// that connection's address is gone).
-    newest_init: AtomicU64,
+    /// Where our dialler's connection comes from, for contention.
+    dialled_from: Mutex<Option<IpAddr>>,
+    /// Set by an answer that the peer proved while our dialler holds the
+    /// move and has not frozen: our dialler gives way.
+    dial_yield: std::sync::atomic::AtomicBool,
     /// A mover thread is working on this stream (it follows every later
     /// change of route itself).
     pub mover_running: std::sync::atomic::AtomicBool,
@@ -87,13 +88,13 @@ impl Mobility {
             peer_data: Mutex::new(peer_data),
             local_ip: Mutex::new(local_ip),
             local_port: std::sync::atomic::AtomicU16::new(0),
-            resume_sent: AtomicU64::new(0),
-            resume_seen: Mutex::new(MoveCounter::new()),
+            gate: Mutex::new(Gate::default()),
             moves_sent: AtomicU64::new(0),
             moves_seen: Mutex::new(MoveCounter::new()),
             lock: Mutex::new(()),
             role: std::sync::atomic::AtomicU8::new(IDLE),
-            newest_init: AtomicU64::new(0),
+            dialled_from: Mutex::new(None),
+            dial_yield: std::sync::atomic::AtomicBool::new(false),
             mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -114,8 +115,11 @@ impl Mobility {
 }
 
 const IDLE: u8 = 0;
+/// Dialling, before the peer's Challenge (the stream not frozen yet).
 const DIALLING: u8 = 1;
 const ANSWERING: u8 = 2;
+/// Dialling, frozen: the peer proved itself on our connection.
+const DIALLING_FROZEN: u8 = 3;
 
 /// Holds a stream's move lock in one role; back to idle when dropped.
 struct Holding<'a> {
@@ -227,10 +231,11 @@ struct Stamps {
     tcp_up: Option<Instant>,
     first_resent: Option<Instant>,
     ack: Option<Instant>,
+    frozen_at: Option<Instant>,
     /// How long the program's calls were held (freeze to swap).
     stall: Duration,
-    /// A lazy resend's start, once the Ack said it.
-    resend_from: Option<u64>,
+    /// Stream bytes written on the new connection before the swap.
+    resent: u64,
 }
 
 /// This side moved: resume every byte on a new connection to the peer,
@@ -279,10 +284,20 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
                 mob.mover_running.store(false, Ordering::Release);
                 return;
             }
+            Err(e) if e.fatal => {
+                warn!(
+                    "stream {}: {}; the program now sees ECONNRESET",
+                    mob.id, e.why
+                );
+                stream.io.break_with(libc::ECONNRESET);
+                engine::wake_epolls(&stream);
+                mob.mover_running.store(false, Ordering::Release);
+                return;
+            }
             Err(e) => {
                 debug!(
-                    "move of stream {} via {peer} failed: {e}; trying again",
-                    mob.id
+                    "move of stream {} via {peer} failed: {}; trying again",
+                    mob.id, e.why
                 );
                 std::thread::sleep(Duration::from_millis(100.min(20 * u64::from(attempt))));
             }
@@ -297,13 +312,49 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
     mob.mover_running.store(false, Ordering::Release);
 }
 
+/// Why an attempt failed, and whether the stream can never be exact again.
+struct Failed {
+    why: String,
+    fatal: bool,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Failed {
+        Failed { why, fatal: false }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(why: &str) -> Failed {
+        Failed {
+            why: why.to_string(),
+            fatal: false,
+        }
+    }
+}
+
+impl From<resume::ResumeError> for Failed {
+    fn from(e: resume::ResumeError) -> Failed {
+        Failed {
+            why: e.to_string(),
+            fatal: e.is_fatal(),
+        }
+    }
+}
+
+/// A fresh, unpredictable nonce (the ids generator: SHA-256 over a
+/// getrandom seed and a counter).
+fn nonce() -> resume::Nonce {
+    sipcore::ids::StreamId::random().0
+}
+
 fn initiate_once(
     stream: &Stream,
     mob: &Mobility,
     new_ip: IpAddr,
     peer: SocketAddr,
     st: &mut Stamps,
-) -> Result<u64, String> {
+) -> Result<u64, Failed> {
     let sock = dial(new_ip, peer, HANDSHAKE).map_err(|e| format!("connect: {e}"))?;
     st.tcp_up = Some(Instant::now());
     set_timeouts(&sock, HANDSHAKE);
@@ -314,44 +365,24 @@ fn initiate_once(
             .ok_or("another move of this stream is under way")?,
         DIALLING,
     );
-    let fd = engine::fds_of(stream)
-        .first()
-        .copied()
-        .ok_or("the stream has no descriptor")?;
     // Break-before-make (the old address is gone): what the old connection
-    // had in flight is lost, so resend it at once, without waiting a round
-    // trip for the Ack. Make-before-break: the old path still delivers
-    // its flight, which the peer's rx in the Ack then counts; resending it
-    // eagerly would push a whole window through the new connection's slow
-    // start instead, so wait for the Ack.
-    let eager = !is_local(*mob.local_ip.lock());
-    let frozen_at = Instant::now();
-    let mut frozen = stream.io.freeze(fd);
-    let from = if eager {
-        // What the old connection saw acknowledged the peer has (its freeze
-        // drains it): resend the rest.
-        frozen.trim_acked(fd);
-        frozen.ring().start()
-    } else {
-        resume::LAZY
-    };
-    let counter = mob.resume_sent.fetch_add(1, Ordering::Relaxed) + 1;
-    let ini = Initiator::new(&mob.key, mob.id, counter, frozen.rx(), from);
-    let mut out = ini.init().to_vec();
-    if eager {
-        let (a, b) = frozen
-            .ring()
-            .slice_from(from)
-            .map_err(|e| format!("ring: {e}"))?;
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
-    }
-    let mut inbound = Inbound::Ack(Box::new(ini), !eager);
+    // had in flight is lost, so resend it right behind the Proof.
+    // Make-before-break: the old path still delivers its flight, which the
+    // peer's rx in the Ack then counts; resending it eagerly would push a
+    // whole window through the new connection's slow start instead.
+    *mob.dialled_from.lock() = Some(new_ip);
+    mob.dial_yield.store(false, Ordering::Release);
+    let mode = Resend::for_move(is_local(*mob.local_ip.lock()));
+    let counter = mob.gate.lock().next_attempt();
+    let ex = Exchange::dial(&mob.key, mob.id, counter, nonce(), mode);
     // Give up on this connection as soon as the address it was dialled
     // from is gone: the next attempt dials from the new one.
     let mut seen = crate::sip::net_epoch();
     let peer_data = *mob.peer_data.lock();
-    let mut moved_on = || {
+    let mut moved_on = move || {
+        if mob.dial_yield.load(Ordering::Acquire) {
+            return true;
+        }
         let now = crate::sip::net_epoch();
         if now == seen {
             return false;
@@ -359,177 +390,347 @@ fn initiate_once(
         seen = now;
         crate::sip::route_ip(peer_data) != Some(new_ip)
     };
-    exchange(
-        &sock,
-        &mut frozen,
-        &mut out,
-        INIT_LEN,
-        &mut inbound,
-        st,
-        &mut moved_on,
-    )?;
-    engine::swap(stream, sock.into_raw_fd());
-    drop(frozen);
-    engine::wake_epolls(stream);
-    st.stall = frozen_at.elapsed();
-    let sent = (out.len() - INIT_LEN) as u64;
-    mob.resent.fetch_add(sent, Ordering::Relaxed);
-    Ok(sent)
+    let mut run = Run::new(stream, mob, sock, ex, st, None);
+    run.drive(&[], &mut moved_on)?;
+    Ok(run.finish())
 }
 
-/// What the new connection brings before the stream's own bytes.
-enum Inbound {
-    /// The initiator waits for the responder's Ack; resends only after it
-    /// when `true` (lazy).
-    Ack(Box<Initiator>, bool),
-    /// The responder drops this many more of the initiator's resent bytes:
-    /// it had them already.
-    Skip(u64),
+/// One attempt carried out: the machine, the connection, the stream.
+struct Run<'a> {
+    stream: &'a Stream,
+    mob: &'a Mobility,
+    sock: TcpStream,
+    ex: Exchange,
+    st: &'a mut Stamps,
+    /// Answering: the move lock, taken on the Proof.
+    holder: Option<Holding<'a>>,
+    /// Answering: our place among unproven connections, left on the Proof.
+    place: Option<Unproven>,
+    /// The stream, frozen, once the attempt succeeded.
+    kept: Option<crate::stream::Frozen<'a>>,
 }
 
-impl Inbound {
-    fn done(&self) -> bool {
-        matches!(self, Inbound::Skip(0))
+impl<'a> Run<'a> {
+    fn new(
+        stream: &'a Stream,
+        mob: &'a Mobility,
+        sock: TcpStream,
+        ex: Exchange,
+        st: &'a mut Stamps,
+        place: Option<Unproven>,
+    ) -> Run<'a> {
+        Run {
+            stream,
+            mob,
+            sock,
+            ex,
+            st,
+            holder: None,
+            place,
+            kept: None,
+        }
     }
 
-    /// Take `bytes` off the new connection: handshake and overlap are
-    /// consumed here, stream bytes go to the program's pending bytes.
-    fn take(
-        &mut self,
-        mut bytes: &[u8],
-        frozen: &mut crate::stream::Frozen<'_>,
-        st: &mut Stamps,
-    ) -> Result<(), String> {
-        if let Inbound::Ack(ini, lazy) = self {
-            let Some(r) = ini.push(&mut bytes, frozen.ring()) else {
-                return Ok(());
-            };
-            let plan = r.map_err(|e| format!("Ack: {e}"))?;
-            st.ack = Some(Instant::now());
-            if *lazy {
-                st.resend_from = Some(plan.from);
+    /// Carry the handshake and both resends until the connection can be
+    /// swapped in. Returns with the stream frozen in `self.st.frozen`.
+    fn drive(&mut self, first: &[u8], superseded: &mut dyn FnMut() -> bool) -> Result<(), Failed> {
+        let fd_of = || engine::fds_of(self.stream).first().copied();
+        let sfd = self.sock.as_raw_fd();
+        let _ = &self.sock;
+        let mut frozen: Option<crate::stream::Frozen<'a>> = None;
+        let mut old_fd: c_int = -1;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut carry: Vec<u8> = first.to_vec();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        let result = loop {
+            if Instant::now() > deadline {
+                break Err("resend did not finish".into());
             }
-            *self = Inbound::Skip(0);
+            if !self.ex.established() && started.elapsed() > HANDSHAKE {
+                break Err("no handshake within 3 s".into());
+            }
+            if superseded() {
+                break Err("a newer move took over".into());
+            }
+            // What arrived, through the machine.
+            let mut input = &carry[..];
+            let mut outcome = Ok(());
+            loop {
+                let need = match frozen.as_mut() {
+                    Some(f) => {
+                        let mut view = crate::stream::View {
+                            frozen: f,
+                            old: old_fd,
+                        };
+                        self.ex.input(&mut input, Some(&mut view))
+                    }
+                    None => self.ex.input(&mut input, None),
+                };
+                match need {
+                    Err(e) => {
+                        outcome = Err(Failed::from(e));
+                        break;
+                    }
+                    Ok(Need::Input) => break,
+                    Ok(Need::Lookup(_)) => {
+                        outcome = Err("lookup after the stream was found".into());
+                        break;
+                    }
+                    Ok(Need::Freeze) | Ok(Need::Commit(_)) => {
+                        if let Ok(Need::Commit(c)) = need {
+                            if let Err(e) = self.commit(c) {
+                                outcome = Err(e);
+                                break;
+                            }
+                        }
+                        let Some(fd) = fd_of() else {
+                            outcome = Err("the stream has no descriptor".into());
+                            break;
+                        };
+                        old_fd = fd;
+                        if self.holder.is_none() {
+                            self.mob.role.store(DIALLING_FROZEN, Ordering::Release);
+                        }
+                        self.st.frozen_at = Some(Instant::now());
+                        let f = frozen.insert(self.stream.io.freeze(fd));
+                        let mut view = crate::stream::View {
+                            frozen: f,
+                            old: old_fd,
+                        };
+                        if let Err(e) = self.ex.frozen(&mut view) {
+                            outcome = Err(e.into());
+                            break;
+                        }
+                    }
+                }
+            }
+            let used = carry.len() - input.len();
+            carry.drain(..used);
+            if let Err(e) = outcome {
+                break Err(e);
+            }
+            if self.ex.established() && self.st.ack.is_none() {
+                self.st.ack = Some(Instant::now());
+            }
+            if let Some(f) = frozen.as_ref() {
+                if self.ex.is_done(f.ring()) {
+                    break Ok(());
+                }
+            }
+            // Write what the machine has, read what comes.
+            let want_out = self
+                .ex
+                .poll_transmit(frozen.as_ref().map(|f| f.ring()))
+                .is_some();
+            let mut p = libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { real::poll(&mut p, 1, 50) };
+            if want_out && p.revents & libc::POLLOUT != 0 {
+                let handshake = self.ex.handshake_pending();
+                if let Some(out) = self.ex.poll_transmit(frozen.as_ref().map(|f| f.ring())) {
+                    // SAFETY: a live slice.
+                    let n = unsafe {
+                        real::send(
+                            sfd,
+                            out.as_ptr().cast(),
+                            out.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if n > 0 {
+                        self.ex.transmitted(n as usize);
+                        if !handshake {
+                            self.st.resent += n as u64;
+                            self.st.first_resent.get_or_insert_with(Instant::now);
+                        }
+                    } else if n < 0 && errno() != libc::EAGAIN {
+                        break Err(format!("resend: {}", std::io::Error::last_os_error()).into());
+                    }
+                }
+            }
+            if p.revents & libc::POLLIN != 0 && carry.is_empty() {
+                // SAFETY: our buffer.
+                let n = unsafe {
+                    real::recv(sfd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                if n == 0 {
+                    break Err("peer closed the new connection (refused)".into());
+                }
+                if n > 0 {
+                    carry.extend_from_slice(&buf[..n as usize]);
+                    continue;
+                }
+            }
+            if p.revents & (libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLIN == 0 {
+                break Err("new connection failed".into());
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.kept = frozen;
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(mut f) = frozen {
+                    {
+                        // Giving up on a connection the stream was frozen
+                        // for: what it brought, our TCP acknowledged, and a
+                        // peer that swapped to it trims by that. Take it,
+                        // through the handshake check (an Ack that does
+                        // not verify stops this), placed by offset (the old
+                        // socket may bring it again).
+                        let mut input = &carry[..];
+                        let mut view = crate::stream::View {
+                            frozen: &mut f,
+                            old: old_fd,
+                        };
+                        let _ = self.ex.input(&mut input, Some(&mut view));
+                        loop {
+                            // SAFETY: our buffer.
+                            let n = unsafe {
+                                real::recv(
+                                    sfd,
+                                    buf.as_mut_ptr().cast(),
+                                    buf.len(),
+                                    libc::MSG_DONTWAIT,
+                                )
+                            };
+                            if n <= 0 {
+                                break;
+                            }
+                            let mut input = &buf[..n as usize];
+                            if self.ex.input(&mut input, Some(&mut view)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if superseded() {
+                        // The newer attempt's answer freezes the stream again
+                        // at once: the descriptor still names a socket whose
+                        // peer has moved on.
+                        f.hand_over();
+                    }
+                }
+                Err(e)
+            }
         }
-        if let Inbound::Skip(left) = self {
-            let drop = (*left).min(bytes.len() as u64) as usize;
-            *left -= drop as u64;
-            frozen.push_pending(&bytes[drop..]);
-        }
+    }
+
+    /// Answering: the dialler proved attempt `counter` here. Take the move
+    /// lock (both ends dialling: the lower address's connection wins),
+    /// then the number.
+    fn commit(&mut self, counter: u64) -> Result<(), Failed> {
+        self.place.take();
+        self.mob.gate.lock().proven(counter);
+        let local = self.sock.local_addr().map(|a| a.ip()).ok();
+        let theirs = self.sock.peer_addr().map(|a| a.ip()).ok();
+        let mob = self.mob;
+        let guard = match mob.lock.try_lock() {
+            Some(g) => g,
+            None => {
+                let role = mob.role.load(Ordering::Acquire);
+                if role == DIALLING || role == DIALLING_FROZEN {
+                    let ours = *mob.dialled_from.lock();
+                    match (ours, theirs) {
+                        (Some(o), Some(t)) => {
+                            match resume::contention(role == DIALLING_FROZEN, o, t) {
+                                resume::Contention::TheirsRefused => {
+                                    return Err(
+                                        "both ends are resuming; ours wins (lower address)".into()
+                                    )
+                                }
+                                resume::Contention::OursYields => {
+                                    mob.dial_yield.store(true, Ordering::Release)
+                                }
+                                resume::Contention::Wait => {}
+                            }
+                        }
+                        _ => mob.dial_yield.store(true, Ordering::Release),
+                    }
+                }
+                let _ = local;
+                mob.lock
+                    .try_lock_for(HANDSHAKE)
+                    .ok_or("another move of this stream is under way")?
+            }
+        };
+        self.holder = Some(Holding::new(mob, guard, ANSWERING));
+        mob.gate.lock().commit(counter)?;
         Ok(())
     }
+
+    /// The attempt succeeded: put the new socket under the descriptors,
+    /// thaw, wake the program's waits. Returns the bytes resent.
+    fn finish(mut self) -> u64 {
+        let mut frozen = self
+            .kept
+            .take()
+            .expect("drive returned with the stream frozen");
+        // What the old socket's kernel took (and acknowledged) since the
+        // freeze: the peer will not send it again. Placed by offset.
+        if let Some(&old) = engine::fds_of(self.stream).first() {
+            frozen.drain(old);
+        }
+        engine::swap(self.stream, self.sock.into_raw_fd());
+        frozen.swapped(self.ex.inbound());
+        if self.stream.io.is_shut_wr() {
+            // The program's FIN follows the resend, as it followed the
+            // data on the old connection.
+            if let Some(&fd) = engine::fds_of(self.stream).first() {
+                // SAFETY: shutdown has no pointer arguments.
+                unsafe { real::shutdown(fd, libc::SHUT_WR) };
+            }
+        }
+        drop(frozen);
+        engine::wake_epolls(self.stream);
+        if let Some(at) = self.st.frozen_at {
+            self.st.stall = at.elapsed();
+        }
+        let resent = self.st.resent;
+        self.mob.resent.fetch_add(resent, Ordering::Relaxed);
+        resent
+    }
 }
 
-/// Write `out` (our handshake message, then our resent stream from byte
-/// `hs_len` on) while reading what the peer sends: its handshake message,
-/// the overlap to drop, and its own resent bytes, which go to the
-/// program's pending bytes. Both sides resend at once, and a side that only
-/// wrote could fill both socket buffers and stall. Returns when all of
-/// `out` is written and the handshake is complete.
-fn exchange(
-    sock: &TcpStream,
-    frozen: &mut crate::stream::Frozen<'_>,
-    out: &mut Vec<u8>,
-    hs_len: usize,
-    inbound: &mut Inbound,
-    st: &mut Stamps,
-    superseded: &mut dyn FnMut() -> bool,
-) -> Result<(), String> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let r = exchange_loop(sock, frozen, out, hs_len, inbound, st, superseded, &mut buf);
-    if r.is_err() {
-        // Giving up on a connection: whatever its receive queue has, our
-        // TCP acknowledged, so the peer will not resend it. Take it before
-        // the socket goes (through the handshake check: an Ack that does
-        // not verify stops this, and nothing of it is kept).
-        let fd = sock.as_raw_fd();
-        loop {
-            // SAFETY: our buffer.
-            let n =
-                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n <= 0 || inbound.take(&buf[..n as usize], frozen, st).is_err() {
-                break;
-            }
-        }
-    }
-    r
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn exchange_loop(
-    sock: &TcpStream,
-    frozen: &mut crate::stream::Frozen<'_>,
-    out: &mut Vec<u8>,
-    hs_len: usize,
-    inbound: &mut Inbound,
-    st: &mut Stamps,
-    superseded: &mut dyn FnMut() -> bool,
-    buf: &mut [u8],
-) -> Result<(), String> {
-    let fd = sock.as_raw_fd();
-    let mut off = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while off < out.len() || !inbound.done() {
-        if Instant::now() > deadline {
-            return Err("resend did not finish".into());
+/// Resume connections that have not proved themselves yet, by source, to
+/// bound what strangers (or an observer replaying a genuine Init) can make
+/// us hold: `resume::admit` decides who goes.
+static UNPROVEN: Mutex<Vec<(u64, IpAddr, c_int)>> = Mutex::new(Vec::new());
+
+/// A place in [`UNPROVEN`], left when dropped.
+struct Unproven(u64);
+
+impl Unproven {
+    fn admit(source: IpAddr, fd: c_int) -> Unproven {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut u = UNPROVEN.lock();
+        let sources: Vec<IpAddr> = u.iter().map(|e| e.1).collect();
+        if let Admit::Evict(k) = resume::admit(&sources, &source) {
+            let (_, ip, victim) = u.remove(k);
+            debug!("resume connection from {ip} dropped: too many unproven");
+            // SAFETY: shuts the victim's socket (its thread then ends); the
+            // descriptor stays open until that thread drops it.
+            unsafe { libc::shutdown(victim, libc::SHUT_RDWR) };
         }
-        if superseded() {
-            return Err("a newer move took over".into());
-        }
-        let want_out = off < out.len();
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { real::poll(&mut p, 1, 50) };
-        if p.revents & libc::POLLIN != 0 {
-            // SAFETY: our buffer.
-            let n =
-                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n == 0 {
-                return Err("peer closed the new connection (refused)".into());
-            }
-            if n > 0 {
-                inbound.take(&buf[..n as usize], frozen, st)?;
-                if let Some(from) = st.resend_from.take() {
-                    let (a, b) = frozen
-                        .ring()
-                        .slice_from(from)
-                        .map_err(|e| format!("ring: {e}"))?;
-                    out.extend_from_slice(a);
-                    out.extend_from_slice(b);
-                }
-            }
-        }
-        if want_out && p.revents & libc::POLLOUT != 0 {
-            // SAFETY: our buffer.
-            let n = unsafe {
-                real::send(
-                    fd,
-                    out[off..].as_ptr().cast(),
-                    out.len() - off,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n > 0 {
-                off += n as usize;
-                if off > hs_len && st.first_resent.is_none() {
-                    st.first_resent = Some(Instant::now());
-                }
-            } else if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
-            {
-                return Err(format!("resend: {}", std::io::Error::last_os_error()));
-            }
-        }
-        if p.revents & (libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLIN == 0 {
-            return Err("new connection failed during resend".into());
-        }
+        u.push((id, source, fd));
+        Unproven(id)
     }
-    // The ring now holds exactly what was sent on the new connection too:
-    // everything from the resend's start is unacknowledged there.
-    Ok(())
+}
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        UNPROVEN.lock().retain(|e| e.0 != self.0);
+    }
 }
 
 /// A connection the Driver handed over because it starts with `WISP`: a
@@ -540,23 +741,31 @@ pub fn accept_resume(sock: TcpStream, from: SocketAddr, first: Vec<u8>) {
         .spawn(move || {
             crate::state::Inside::forever();
             if let Err(e) = respond(sock, from, first) {
-                warn!("resume from {from} refused: {e}");
+                warn!("resume from {from} refused: {}", e.why);
             }
         });
 }
 
-fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), String> {
+fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Failed> {
     let _ = sock.set_nonblocking(false);
     set_timeouts(&sock, HANDSHAKE);
+    let mut place = Some(Unproven::admit(from.ip(), sock.as_raw_fd()));
+    // Read up to the Init.
+    let mut ex = Exchange::answer();
     let mut got = first;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (init, used) = loop {
-        match resume::decode(&got).map_err(|e| e.to_string())? {
-            Some((Msg::Init(i), used)) => break (i, used),
-            Some((Msg::Ack(_), _)) => return Err("an Ack where an Init belongs".into()),
-            None => {
-                let n = (&sock)
-                    .read(&mut buf)
+    let mut buf = [0u8; 512];
+    let id = loop {
+        let mut input = &got[..];
+        match ex.input(&mut input, None)? {
+            Need::Lookup(id) => {
+                let used = got.len() - input.len();
+                got.drain(..used);
+                break id;
+            }
+            _ => {
+                let used = got.len() - input.len();
+                got.drain(..used);
+                let n = std::io::Read::read(&mut &sock, &mut buf)
                     .map_err(|e| format!("read Init: {e}"))?;
                 if n == 0 {
                     return Err("closed before a whole Init".into());
@@ -565,96 +774,37 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Stri
             }
         }
     };
-    let rest = got[used..].to_vec();
-    let stream = engine::stream_by_id(&init.stream_id)
-        .ok_or_else(|| format!("unknown stream {}", init.stream_id))?;
+    let stream = engine::stream_by_id(&id).ok_or_else(|| format!("unknown stream {id}"))?;
     let mob = stream.mobility.as_ref().ok_or("stream is not movable")?;
-    // Check the key before anything else: a forged Init must not even
-    // freeze the stream.
-    if !init.verify(&mob.key) {
-        return Err(format!("stream {}: wrong key (MAC)", mob.id));
-    }
-    if !mob.resume_seen.lock().is_fresh(init.counter) {
-        return Err(format!(
-            "stream {}: replayed resume counter {}",
-            mob.id, init.counter
+    // Nothing is decided on the Init: a copy of a genuine one passes here
+    // and earns only a Challenge that its sender cannot answer.
+    ex.found(&mob.key, &mob.gate.lock(), nonce())?;
+    let counter = ex.counter().unwrap_or(0);
+    let local = sock.local_addr().map(|a| a.ip()).ok();
+    let mut st = Stamps::default();
+    let mut run = Run::new(&stream, mob, sock, ex, &mut st, place.take());
+    // A newer attempt proven on another connection: the peer has moved on
+    // from this one.
+    let mut superseded = || mob.gate.lock().superseded(counter);
+    run.drive(&got, &mut superseded)?;
+    // The peer is at a new address; its SIP port is what it was. We are
+    // where it reached us.
+    {
+        let mut peer_sip = mob.peer_sip.lock();
+        *peer_sip = Some(SocketAddr::new(
+            from.ip(),
+            peer_sip.map_or(from.port(), |a| a.port()),
         ));
     }
-    // A genuine Init newer than the one we may still be answering: that
-    // answer gives way (its connection's far end has moved on).
-    mob.newest_init.fetch_max(init.counter, Ordering::AcqRel);
-    let local_new = sock.local_addr().map(|a| a.ip()).ok();
-    let guard = match mob.lock.try_lock() {
-        Some(g) => g,
-        // Both ends dialled at once: the lower address's connection wins.
-        None if mob.role.load(Ordering::Acquire) == DIALLING
-            && local_new.is_some_and(|l| l < from.ip()) =>
-        {
-            return Err("both ends are resuming; ours wins (lower address)".into())
-        }
-        None => mob
-            .lock
-            .try_lock_for(HANDSHAKE)
-            .ok_or("another move of this stream is under way")?,
-    };
-    let _one = Holding::new(mob, guard, ANSWERING);
-    let fd = engine::fds_of(&stream)
-        .first()
-        .copied()
-        .ok_or("the stream has no descriptor")?;
-    let frozen_at = Instant::now();
-    let mut frozen = stream.io.freeze(fd);
-    let plan: Resend = resume::plan(frozen.ring(), init.rx).map_err(|e| e.to_string())?;
-    let skip = resume::skip(init.from, frozen.rx()).map_err(|e| e.to_string())?;
-    mob.resume_seen.lock().accept(init.counter);
-    let mut out = resume::Ack::new(&mob.key, &init.stream_id, init.counter, frozen.rx())
-        .encode()
-        .to_vec();
-    let hs_len = out.len();
-    let (a, b) = frozen
-        .ring()
-        .slice_from(plan.from)
-        .map_err(|e| format!("ring: {e}"))?;
-    out.extend_from_slice(a);
-    out.extend_from_slice(b);
-    let mut inbound = Inbound::Skip(skip);
-    let mut st = Stamps::default();
-    inbound.take(&rest, &mut frozen, &mut st)?;
-    let mine = init.counter;
-    let mut newer = || mob.newest_init.load(Ordering::Acquire) > mine;
-    if let Err(e) = exchange(
-        &sock,
-        &mut frozen,
-        &mut out,
-        hs_len,
-        &mut inbound,
-        &mut st,
-        &mut newer,
-    ) {
-        if newer() {
-            // The newer Init's answer freezes the stream again at once.
-            frozen.hand_over();
-        }
-        return Err(e);
+    if let Some(ip) = local {
+        *mob.local_ip.lock() = ip;
     }
-    let sent = plan.len;
-    // The peer is at a new address; its SIP port is what it was.
-    let mut peer_sip = mob.peer_sip.lock();
-    *peer_sip = Some(SocketAddr::new(
-        from.ip(),
-        peer_sip.map_or(from.port(), |a| a.port()),
-    ));
-    drop(peer_sip);
-    engine::swap(&stream, sock.into_raw_fd());
-    drop(frozen);
-    engine::wake_epolls(&stream);
-    let stall = frozen_at.elapsed();
-    mob.resent.fetch_add(sent, Ordering::Relaxed);
-    let n = mob.completed(stall, sent);
+    let sent = run.finish();
+    let n = mob.completed(st.stall, sent);
     info!(
         "move stream={} n={n} peer_new={from} stall_ms={:.2} resent={sent} (the peer moved)",
         mob.id,
-        stall.as_secs_f64() * 1000.0
+        st.stall.as_secs_f64() * 1000.0
     );
     Ok(())
 }

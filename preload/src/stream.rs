@@ -14,6 +14,7 @@
 use crate::real;
 use libc::{c_int, c_void, iovec, msghdr, ssize_t};
 use parking_lot::{Condvar, Mutex};
+use sipcore::resume::{Cursor, StreamView};
 use sipcore::ring::ReplayRing;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,12 +34,59 @@ struct RxSide {
     rx: u64,
     pending: Vec<u8>,
     pending_at: usize,
+    /// Where the next byte from the socket under the descriptor sits in
+    /// the stream: behind `rx + held` after a move attempt that failed
+    /// once its connection had brought bytes, which the old socket then
+    /// brings again (they are read and dropped first).
+    cursor: Cursor,
+}
+
+impl RxSide {
+    /// Received: handed to the program plus held for it.
+    fn total(&self) -> u64 {
+        self.rx + (self.pending.len() - self.pending_at) as u64
+    }
+
+    fn hold(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.pending_at == self.pending.len() {
+            self.pending.clear();
+            self.pending_at = 0;
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Read what the socket `fd` has now, placed by offset: duplicates
+    /// dropped, the rest held. Returns false when the socket had nothing
+    /// (or failed).
+    fn read_placed(&mut self, fd: c_int, buf: &mut [u8]) -> bool {
+        // SAFETY: our buffer.
+        let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            return false;
+        }
+        let total = self.total();
+        match self.cursor.take(total, &buf[..n as usize]) {
+            Ok(new) => {
+                let new = new.to_vec();
+                self.hold(&new);
+            }
+            Err(e) => warn!("stream bytes out of place: {e}"),
+        }
+        true
+    }
 }
 
 pub struct StreamIo {
     tx: Mutex<TxSide>,
     rx: Mutex<RxSide>,
     moving: AtomicBool,
+    /// The program shut down its sending side (shutdown SHUT_WR): the
+    /// FIN is part of the stream, and a connection that resumes it is
+    /// shut down too once the resend is written.
+    wr_shut: AtomicBool,
     /// Set when no move completed within WISP_MOVE_TIMEOUT: the errno every
     /// later call on the stream gets (held bytes are still delivered).
     broken: std::sync::atomic::AtomicI32,
@@ -234,8 +282,10 @@ impl StreamIo {
                 rx: 0,
                 pending: Vec::new(),
                 pending_at: 0,
+                cursor: Cursor { next: 0 },
             }),
             moving: AtomicBool::new(false),
+            wr_shut: AtomicBool::new(false),
             broken: std::sync::atomic::AtomicI32::new(0),
             settled: Mutex::new(()),
             settled_cv: Condvar::new(),
@@ -281,6 +331,15 @@ impl StreamIo {
     /// FIONREAD and readiness. Never waits for a move.
     pub fn pending(&self) -> usize {
         self.stats.pending.load(Ordering::Acquire) as usize
+    }
+
+    /// The program called shutdown(SHUT_WR) (or SHUT_RDWR).
+    pub fn shut_wr(&self) {
+        self.wr_shut.store(true, Ordering::Release);
+    }
+
+    pub fn is_shut_wr(&self) -> bool {
+        self.wr_shut.load(Ordering::Acquire)
     }
 
     /// Bytes held for the program, or a failure to report: a read returns
@@ -530,6 +589,24 @@ impl StreamIo {
                 set_errno(broken);
                 return -1;
             }
+            if rx.cursor.behind(rx.total()) > 0 {
+                // The socket first brings bytes the program has had.
+                let mut buf = vec![0u8; 64 * 1024];
+                if rx.read_placed(fd, &mut buf) {
+                    self.note_pending(&rx);
+                    continue;
+                }
+                drop(rx);
+                if !blocking {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                if !self.wait(fd, libc::POLLIN, deadline) {
+                    set_errno(libc::EAGAIN);
+                    return -1;
+                }
+                continue;
+            }
             let mut msg: msghdr = match call.msg {
                 // SAFETY: the program's header, valid for this call.
                 Some(m) => unsafe { *m },
@@ -545,6 +622,7 @@ impl StreamIo {
             if n > 0 {
                 if !peek {
                     rx.rx += n as u64;
+                    rx.cursor.next += n as u64;
                     self.stats.rx.store(rx.rx, Ordering::Relaxed);
                 }
                 if let Some(m) = call.msg {
@@ -636,38 +714,62 @@ impl Frozen<'_> {
 
     /// Bytes this side has received: handed to the program plus drained.
     pub fn rx(&self) -> u64 {
-        self.rx.rx + (self.rx.pending.len() - self.rx.pending_at) as u64
+        self.rx.total()
+    }
+
+    /// The new socket is under the descriptor; `next` is where its next
+    /// byte sits in the stream (the resume machine's inbound cursor).
+    pub fn swapped(&mut self, next: Cursor) {
+        self.rx.cursor = next;
+    }
+
+    /// Read everything the old socket `fd` has for us, placed by offset.
+    pub fn drain(&mut self, fd: c_int) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while self.rx.read_placed(fd, &mut buf) {}
+        self.io.note_pending(&self.rx);
     }
 
     pub fn ring(&self) -> &ReplayRing {
         &self.tx.ring
     }
 
-    /// Drop from the ring what the old connection `fd` saw acknowledged
-    /// (SIOCOUTQ is what is not): the peer's TCP has those bytes, so the
-    /// peer's freeze finds them, and a resend can start after them without
-    /// asking.
-    pub fn trim_acked(&mut self, fd: c_int) {
-        let mut outq: c_int = 0;
-        // SAFETY: SIOCOUTQ writes one int.
-        if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0 {
-            let acked = self.tx.ring.tx().saturating_sub(outq as u64);
-            self.tx.ring.trim_to(acked);
-        }
-    }
-
     /// Bytes that arrived on the new connection before it was put under
     /// the program's descriptor: the program reads them first.
     pub fn push_pending(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.rx.pending_at == self.rx.pending.len() {
-            self.rx.pending.clear();
-            self.rx.pending_at = 0;
-        }
-        self.rx.pending.extend_from_slice(bytes);
+        self.rx.hold(bytes);
         self.io.note_pending(&self.rx);
+    }
+}
+
+/// A frozen stream as the resume machine sees it: `old` is the socket the
+/// descriptors name until the swap.
+pub struct View<'f, 'a> {
+    pub frozen: &'f mut Frozen<'a>,
+    pub old: c_int,
+}
+
+impl StreamView for View<'_, '_> {
+    fn rx(&self) -> u64 {
+        self.frozen.rx()
+    }
+    fn ring(&self) -> &ReplayRing {
+        self.frozen.ring()
+    }
+    fn drain_old(&mut self) {
+        self.frozen.drain(self.old);
+    }
+    fn acked_on_old(&mut self) -> Option<u64> {
+        let mut outq: c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        (unsafe { libc::ioctl(self.old, libc::TIOCOUTQ, &mut outq) } == 0 && outq >= 0)
+            .then(|| self.frozen.ring().tx().saturating_sub(outq as u64))
+    }
+    fn trim(&mut self, to: u64) {
+        self.frozen.tx.ring.trim_to(to);
+    }
+    fn deliver(&mut self, bytes: &[u8]) {
+        self.frozen.push_pending(bytes);
     }
 }
 
@@ -702,27 +804,14 @@ impl StreamIo {
         self.moving.store(true, Ordering::Release);
         self.wake.lock().ring();
         let tx = self.tx.lock();
-        let mut rx = self.rx.lock();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: our buffer.
-            let n =
-                unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n <= 0 {
-                break;
-            }
-            if rx.pending_at == rx.pending.len() {
-                rx.pending.clear();
-                rx.pending_at = 0;
-            }
-            rx.pending.extend_from_slice(&buf[..n as usize]);
-        }
-        self.note_pending(&rx);
-        Frozen {
+        let rx = self.rx.lock();
+        let mut f = Frozen {
             io: self,
             tx,
             rx,
             keep: false,
-        }
+        };
+        f.drain(fd);
+        f
     }
 }
