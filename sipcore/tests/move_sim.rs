@@ -991,3 +991,25 @@ fn moves_are_exact_under_every_interleaving_tried() {
     eprintln!("move_sim: {seeds} seeds from {first}, {steps} steps");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Seeds that once failed, each for the bug it found (see BENCHMARKS.md,
+/// "Soak"). They run whatever `WISP_SIM_SEEDS` says.
+#[test]
+fn seeds_that_found_bugs_stay_fixed() {
+    const FOUND: &[(u64, &str)] = &[
+        (367, "an answer giving way shifted the attempts under the commit"),
+        (408, "the same, seen as bytes read twice"),
+        (897, "a failed attempt's bytes read again from the old socket"),
+        (5289, "a stuck frozen dialler refused the peer's attempts; bytes acknowledged on the old socket after the freeze were never read"),
+        (12653, "the same livelock"),
+        (18065, "a dialler's swap onto a connection whose address had gone"),
+        (108753, "a frozen dialler gave up without reading its Ack and data"),
+        (122389, "the same"),
+        (124858, "the same"),
+    ];
+    let failures: Vec<String> = FOUND
+        .iter()
+        .filter_map(|(seed, what)| run_seed(*seed).err().map(|e| format!("({what})\n{e}")))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -365,3 +365,74 @@ fn decoding_takes_exactly_one_message_in_any_pieces() {
         assert_eq!(rest, b"stream");
     }
 }
+
+/// Random and mutated bytes, in random pieces, at both roles: never a
+/// panic, and never a Commit or a Freeze without the key.
+#[test]
+fn fuzzed_input_never_panics_nor_gets_past_the_macs() {
+    let iters: u64 = std::env::var("WISP_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let (dkey, akey) = test_pair("fuzz@x");
+    let mut gate = Gate::default();
+    let real_init = Msg::Init(Init::new(dkey.resume_out(), SID, 1, [4; 16])).encode();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut challenged = 0u64;
+    for _ in 0..iters {
+        // A genuine Init, mutated, or noise behind the magic.
+        let mut bytes = if next() % 2 == 0 {
+            real_init.clone()
+        } else {
+            let mut b = b"WISP\x03".to_vec();
+            b.push((next() % 6) as u8);
+            b
+        };
+        let extra = (next() % 120) as usize;
+        bytes.extend((0..extra).map(|_| next() as u8));
+        for _ in 0..(next() % 4) {
+            let n = bytes.len();
+            let at = (next() as usize) % n;
+            bytes[at] ^= 1 << (next() % 8);
+        }
+        for role in 0..2 {
+            let mut ex = if role == 0 {
+                Exchange::answer()
+            } else {
+                Exchange::dial(&dkey, SID, 1, [4; 16], Resend::Eager)
+            };
+            let mut pos = 0;
+            'feed: while pos < bytes.len() {
+                let end = (pos + 1 + (next() % 40) as usize).min(bytes.len());
+                let mut input = &bytes[pos..end];
+                loop {
+                    let r = ex.input(&mut input, None);
+                    pos = end - input.len();
+                    match r {
+                        Ok(Need::Lookup(_)) => {
+                            if ex.found(&akey, &gate, [5; 16]).is_err() {
+                                break 'feed;
+                            }
+                            challenged += 1;
+                        }
+                        Ok(Need::Commit(_)) | Ok(Need::Freeze) => {
+                            panic!("got past the MACs without the key: {bytes:?}")
+                        }
+                        Ok(Need::Input) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+        gate = Gate::default();
+    }
+    // The genuine Inits that survived mutation were challenged (the loop
+    // reached the machine's later states).
+    assert!(challenged > iters / 10, "only {challenged} challenged");
+}
