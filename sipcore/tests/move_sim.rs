@@ -74,6 +74,10 @@ struct Dir {
     delivered: usize,
     read: usize,
     acked: usize,
+    /// The sender shut this direction down after `wire` (a FIN), and
+    /// whether the FIN reached the receiver's kernel.
+    fin: bool,
+    fin_delivered: bool,
 }
 
 impl Dir {
@@ -82,6 +86,10 @@ impl Dir {
     }
     fn readable(&self) -> &[u8] {
         &self.wire[self.read..self.delivered]
+    }
+    /// The receiver has read everything and the FIN is there: EOF.
+    fn at_eof(&self) -> bool {
+        self.fin_delivered && self.read == self.wire.len()
     }
 }
 
@@ -144,6 +152,11 @@ struct Host {
     retry_at: u64,
     done_writing: bool,
     to_write: usize,
+    /// Shuts its sending side down once it wrote everything (a FIN), and
+    /// whether it has read the peer's EOF.
+    will_shut: bool,
+    shut: bool,
+    eof: bool,
 }
 
 impl Host {
@@ -251,7 +264,7 @@ impl Sim {
             closed: false,
             resume: false,
         };
-        let host = |key, addr, to_write| Host {
+        let host = |key, addr, to_write, will_shut| Host {
             key,
             gate: Gate::default(),
             wrote: Vec::new(),
@@ -267,15 +280,22 @@ impl Sim {
             retry_at: 0,
             done_writing: false,
             to_write,
+            will_shut,
+            shut: false,
+            eof: false,
         };
         let to_write = [2000 + rng.below(20000), 2000 + rng.below(20000)];
+        let shuts = [rng.chance(500), rng.chance(500)];
         let attack = rng.chance(500);
         let mbb_per_mille = [0, 300, 700, 1000][rng.below(4)];
         let moves_left = 1 + rng.below(8);
         Sim {
             rng,
             step: 0,
-            hosts: [host(ka, 10, to_write[0]), host(kb, 20, to_write[1])],
+            hosts: [
+                host(ka, 10, to_write[0], shuts[0]),
+                host(kb, 20, to_write[1], shuts[1]),
+            ],
             conns: vec![conn],
             sid: StreamId([0x42; 16]),
             attacker: Attacker::default(),
@@ -294,6 +314,21 @@ impl Sim {
     // ---- the programs -------------------------------------------------
 
     fn program(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        if host.will_shut && !host.shut && host.wrote.len() >= host.to_write && self.rng.chance(300)
+        {
+            // shutdown(SHUT_WR) is not held by a freeze: the FIN goes on
+            // whatever socket the descriptor names now.
+            host.shut = true;
+            let c = &mut self.conns[host.conn];
+            let (s, _) = side(c, End::Host(h));
+            c.dirs[s].fin = true;
+            self.log(format!(
+                "host {h} shuts its sending side at {}",
+                self.hosts[h].wrote.len()
+            ));
+            return;
+        }
         if self.hosts[h].frozen {
             return;
         }
@@ -307,7 +342,7 @@ impl Sim {
     fn program_write(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         if host.wrote.len() >= host.to_write {
-            host.done_writing = true;
+            host.done_writing = !host.will_shut || host.shut;
             return;
         }
         let conn = &mut self.conns[host.conn];
@@ -349,6 +384,14 @@ impl Sim {
         let conn = &mut self.conns[host.conn];
         let (_, r) = side(conn, End::Host(h));
         let d = &mut conn.dirs[r];
+        if d.at_eof() && !host.eof {
+            host.eof = true;
+            self.log(format!(
+                "host {h} reads EOF at {}",
+                self.hosts[h].read.len()
+            ));
+            return;
+        }
         let avail = d.delivered - d.read;
         if avail > 0 {
             let n = 1 + self.rng.below(avail);
@@ -380,6 +423,9 @@ impl Sim {
             let room = RCVBUF.saturating_sub(d.delivered - d.read);
             let n = (d.wire.len() - d.delivered).min(room);
             d.delivered += self.rng.below(n + 1);
+            if d.fin && d.delivered == d.wire.len() && self.rng.chance(500) {
+                d.fin_delivered = true;
+            }
         } else {
             d.acked += self.rng.below(d.delivered - d.acked + 1);
         }
@@ -736,6 +782,12 @@ impl Sim {
         host.conn = a.conn;
         host.cursor = a.ex.inbound();
         host.frozen = false;
+        if host.shut {
+            // The program's FIN follows the resend on the new connection.
+            let c = &mut self.conns[a.conn];
+            let (s, _) = side(c, End::Host(h));
+            c.dirs[s].fin = true;
+        }
         if a.dialler && self.conns[a.conn].addrs[0] == host.addr {
             host.moving = None;
         }
@@ -881,6 +933,7 @@ impl Sim {
             })
             && self.hosts[0].read.len() == self.hosts[1].wrote.len()
             && self.hosts[1].read.len() == self.hosts[0].wrote.len()
+            && (0..2).all(|h| self.hosts[h].eof == self.hosts[1 - h].shut)
     }
 
     fn run(&mut self, budget: u64) -> Result<(), String> {
@@ -924,6 +977,18 @@ impl Sim {
                     1 - h,
                     me.read.len(),
                     peer.wrote.len()
+                ));
+            }
+        }
+        for h in 0..2 {
+            let (me, peer) = (&self.hosts[h], &self.hosts[1 - h]);
+            if me.eof && (!peer.shut || me.read.len() != peer.wrote.len()) {
+                return Err(format!(
+                    "host {h} read EOF after {} bytes; host {} wrote {} (shut: {})",
+                    me.read.len(),
+                    1 - h,
+                    peer.wrote.len(),
+                    peer.shut
                 ));
             }
         }
