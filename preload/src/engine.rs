@@ -69,11 +69,17 @@ impl Stream {
 /// A half-close (SHUT_WR) is the stream's business, carried by TCP's FIN.
 pub fn after_shutdown(fd: c_int, how: c_int) {
     let Some(s) = stream(fd) else { return };
-    if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
-        s.io.shut_wr();
-    }
     if how == libc::SHUT_RDWR && s.owner == std::process::id() {
         s.hang_up();
+    }
+}
+
+/// shutdown(SHUT_WR): the FIN is part of the stream from now on.
+pub fn before_shutdown(fd: c_int, how: c_int) {
+    if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
+        if let Some(s) = stream(fd) {
+            s.io.shut_wr();
+        }
     }
 }
 
@@ -270,6 +276,9 @@ fn bound_liveness(fd: c_int) {
 /// registrations, then close `new` (the descriptors hold it now).
 pub fn swap(stream: &Stream, new: c_int) {
     let _epoll = crate::epolls::hold();
+    if let Some(&old) = fds_of(stream).first() {
+        abort_on_close(old);
+    }
     for fd in fds_of(stream) {
         // SAFETY: fcntl/getsockopt/setsockopt on descriptors we hold.
         unsafe {
@@ -290,6 +299,27 @@ pub fn swap(stream: &Stream, new: c_int) {
     }
     // SAFETY: our temporary descriptor.
     unsafe { real::close(new) };
+}
+
+/// Make the socket's close a reset rather than a FIN: the library closes
+/// a stream's socket only when it leaves it (after a swap, or an attempt
+/// given up), and a FIN there would reach the peer's program as the end
+/// of the stream. A reset is a lost connection, which the peer resumes.
+pub fn abort_on_close(fd: c_int) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a linger struct on a socket descriptor.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const _,
+            std::mem::size_of::<libc::linger>() as socklen_t,
+        )
+    };
 }
 
 fn with_table<T>(f: impl FnOnce(&mut HashMap<c_int, Entry>) -> T) -> T {

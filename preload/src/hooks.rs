@@ -338,6 +338,11 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 
 #[no_mangle]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if fdtable::kind(fd) == fdtable::Kind::Stream {
+        // Noted before the FIN goes: a move swapping sockets meanwhile
+        // then sends it on the new one too.
+        guard("shutdown", (), || engine::before_shutdown(fd, how));
+    }
     let rc = unsafe { real::shutdown(fd, how) };
     if rc == 0 && fdtable::kind(fd) == fdtable::Kind::Stream {
         guard("shutdown", (), || engine::after_shutdown(fd, how));

@@ -49,14 +49,12 @@ pub struct Mobility {
     pub moves_seen: Mutex<MoveCounter>,
     /// One move at a time.
     lock: Mutex<()>,
-    /// Who holds `lock`: [`IDLE`], [`DIALLING`], [`DIALLING_FROZEN`] or
-    /// [`ANSWERING`].
+    /// Who holds `lock`: [`IDLE`], [`DIALLING`], [`DIALLING_FROZEN`],
+    /// [`YIELDED`] or [`ANSWERING`].
     role: std::sync::atomic::AtomicU8,
-    /// Where our dialler's connection comes from, for contention.
-    dialled_from: Mutex<Option<IpAddr>>,
-    /// Set by an answer that the peer proved while our dialler holds the
-    /// move and has not frozen: our dialler gives way.
-    dial_yield: std::sync::atomic::AtomicBool,
+    /// Our dialler's nonce, for contention (both ends compare the same
+    /// two nonces).
+    dial_nonce: Mutex<Option<resume::Nonce>>,
     /// A mover thread is working on this stream (it follows every later
     /// change of route itself).
     pub mover_running: std::sync::atomic::AtomicBool,
@@ -93,8 +91,7 @@ impl Mobility {
             moves_seen: Mutex::new(MoveCounter::new()),
             lock: Mutex::new(()),
             role: std::sync::atomic::AtomicU8::new(IDLE),
-            dialled_from: Mutex::new(None),
-            dial_yield: std::sync::atomic::AtomicBool::new(false),
+            dial_nonce: Mutex::new(None),
             mover_running: std::sync::atomic::AtomicBool::new(false),
             moves: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -118,8 +115,12 @@ const IDLE: u8 = 0;
 /// Dialling, before the peer's Challenge (the stream not frozen yet).
 const DIALLING: u8 = 1;
 const ANSWERING: u8 = 2;
-/// Dialling, frozen: the peer proved itself on our connection.
+/// Dialling, frozen: the peer proved itself on our connection. Reached
+/// from DIALLING by a compare-and-swap that races [`YIELDED`].
 const DIALLING_FROZEN: u8 = 3;
+/// Dialling, told to give way to the peer's proven attempt before it
+/// froze: it ends without freezing.
+const YIELDED: u8 = 4;
 
 /// Holds a stream's move lock in one role; back to idle when dropped.
 struct Holding<'a> {
@@ -370,17 +371,16 @@ fn initiate_once(
     // Make-before-break: the old path still delivers its flight, which the
     // peer's rx in the Ack then counts; resending it eagerly would push a
     // whole window through the new connection's slow start instead.
-    *mob.dialled_from.lock() = Some(new_ip);
-    mob.dial_yield.store(false, Ordering::Release);
     let mode = Resend::for_move(is_local(*mob.local_ip.lock()));
     let counter = mob.gate.lock().next_attempt();
     let ex = Exchange::dial(&mob.key, mob.id, counter, nonce(), mode);
+    *mob.dial_nonce.lock() = ex.nonce_a();
     // Give up on this connection as soon as the address it was dialled
     // from is gone: the next attempt dials from the new one.
     let mut seen = crate::sip::net_epoch();
     let peer_data = *mob.peer_data.lock();
     let mut moved_on = move || {
-        if mob.dial_yield.load(Ordering::Acquire) {
+        if mob.role.load(Ordering::Acquire) == YIELDED {
             return true;
         }
         let now = crate::sip::net_epoch();
@@ -447,8 +447,17 @@ impl<'a> Run<'a> {
             if Instant::now() > deadline {
                 break Err("resend did not finish".into());
             }
-            if !self.ex.established() && started.elapsed() > HANDSHAKE {
-                break Err("no handshake within 3 s".into());
+            // The Challenge within 3 s; once frozen, 3 s more for the Ack
+            // (the answerer may wait up to 3 s for its move lock).
+            if !self.ex.established()
+                && started.elapsed()
+                    > if frozen.is_some() {
+                        2 * HANDSHAKE
+                    } else {
+                        HANDSHAKE
+                    }
+            {
+                break Err("no handshake in time".into());
             }
             if superseded() {
                 break Err("a newer move took over".into());
@@ -489,8 +498,20 @@ impl<'a> Run<'a> {
                             break;
                         };
                         old_fd = fd;
-                        if self.holder.is_none() {
-                            self.mob.role.store(DIALLING_FROZEN, Ordering::Release);
+                        if self.holder.is_none()
+                            && self
+                                .mob
+                                .role
+                                .compare_exchange(
+                                    DIALLING,
+                                    DIALLING_FROZEN,
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                )
+                                .is_err()
+                        {
+                            outcome = Err("gave way to the peer's proven attempt".into());
+                            break;
                         }
                         self.st.frozen_at = Some(Instant::now());
                         let f = frozen.insert(self.stream.io.freeze(fd));
@@ -609,13 +630,24 @@ impl<'a> Run<'a> {
                             }
                         }
                     }
-                    if superseded() {
-                        // The newer attempt's answer freezes the stream again
-                        // at once: the descriptor still names a socket whose
-                        // peer has moved on.
+                    if superseded() || (self.holder.is_none() && !e.fatal) {
+                        // Leave the stream held for the next attempt. A newer
+                        // attempt's answer freezes it again at once; a
+                        // dialler that sent its Proof retries, and the peer
+                        // may have swapped to this connection already and
+                        // left (reset) the one the descriptor still names.
                         f.hand_over();
                     }
                 }
+                // The connection is left: a reset, never a FIN the peer's
+                // program could take for the end of the stream.
+                engine::abort_on_close(sfd);
+                if e.fatal {
+                    self.stream.io.break_with(libc::ECONNRESET);
+                }
+                // Bytes the freeze drained wait for the program: wake its
+                // epoll waits (the socket cannot say so).
+                engine::wake_epolls(self.stream);
                 Err(e)
             }
         }
@@ -627,33 +659,26 @@ impl<'a> Run<'a> {
     fn commit(&mut self, counter: u64) -> Result<(), Failed> {
         self.place.take();
         self.mob.gate.lock().proven(counter);
-        let local = self.sock.local_addr().map(|a| a.ip()).ok();
-        let theirs = self.sock.peer_addr().map(|a| a.ip()).ok();
         let mob = self.mob;
         let guard = match mob.lock.try_lock() {
             Some(g) => g,
             None => {
-                let role = mob.role.load(Ordering::Acquire);
-                if role == DIALLING || role == DIALLING_FROZEN {
-                    let ours = *mob.dialled_from.lock();
-                    match (ours, theirs) {
-                        (Some(o), Some(t)) => {
-                            match resume::contention(role == DIALLING_FROZEN, o, t) {
-                                resume::Contention::TheirsRefused => {
-                                    return Err(
-                                        "both ends are resuming; ours wins (lower address)".into()
-                                    )
-                                }
-                                resume::Contention::OursYields => {
-                                    mob.dial_yield.store(true, Ordering::Release)
-                                }
-                                resume::Contention::Wait => {}
-                            }
+                // Our dialler holds the move. Before it froze it gives way
+                // (one compare-and-swap decides between its freeze and this
+                // yield); after, the lower dialler nonce wins.
+                let yielded = mob
+                    .role
+                    .compare_exchange(DIALLING, YIELDED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if !yielded && mob.role.load(Ordering::Acquire) == DIALLING_FROZEN {
+                    let ours = *mob.dial_nonce.lock();
+                    let theirs = self.ex.nonce_a();
+                    if let (Some(o), Some(t)) = (ours, theirs) {
+                        if resume::contention(true, &o, &t) == resume::Contention::TheirsRefused {
+                            return Err("both ends are resuming; ours wins".into());
                         }
-                        _ => mob.dial_yield.store(true, Ordering::Release),
                     }
                 }
-                let _ = local;
                 mob.lock
                     .try_lock_for(HANDSHAKE)
                     .ok_or("another move of this stream is under way")?

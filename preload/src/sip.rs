@@ -557,7 +557,7 @@ impl SipThread {
             rx: 0,
         };
         let body = mobility::move_offer(&m, &mob.key, &mob.call_id, session_id(), counter + 1);
-        self.moves_out.insert(
+        let previous = self.moves_out.insert(
             mob.call_id.clone(),
             OutMove {
                 body: body.into(),
@@ -565,6 +565,14 @@ impl SipThread {
                 sent: false,
             },
         );
+        if previous.is_some_and(|p| p.sent) && self.ua.supersede_reinvite(&mob.call_id) {
+            // The last move's re-INVITE is still unanswered: it named an
+            // address we have left anyway.
+            debug!(
+                "call {}: a newer move supersedes the re-INVITE in flight",
+                mob.call_id
+            );
+        }
         self.push_move(&mob.call_id.clone(), now);
     }
 

@@ -59,25 +59,46 @@ impl RxSide {
     }
 
     /// Read what the socket `fd` has now, placed by offset: duplicates
-    /// dropped, the rest held. Returns false when the socket had nothing
-    /// (or failed).
-    fn read_placed(&mut self, fd: c_int, buf: &mut [u8]) -> bool {
+    /// dropped, the rest held.
+    fn read_placed(&mut self, fd: c_int, buf: &mut [u8]) -> Placed {
         // SAFETY: our buffer.
         let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n <= 0 {
-            return false;
+        if n == 0 {
+            return Placed::Eof;
+        }
+        if n < 0 {
+            let e = errno();
+            return if e == libc::EAGAIN || e == libc::EINTR {
+                Placed::Nothing
+            } else {
+                Placed::Failed(e)
+            };
         }
         let total = self.total();
         match self.cursor.take(total, &buf[..n as usize]) {
             Ok(new) => {
                 let new = new.to_vec();
                 self.hold(&new);
+                Placed::Got
             }
-            Err(e) => warn!("stream bytes out of place: {e}"),
+            Err(e) => {
+                warn!("stream bytes out of place ({e}); the stream is reset");
+                Placed::Failed(libc::ECONNRESET)
+            }
         }
-        true
     }
 }
+
+/// What one placed read of a socket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    Got,
+    Nothing,
+    Eof,
+    Failed(c_int),
+}
+
+impl RxSide {}
 
 pub struct StreamIo {
     tx: Mutex<TxSide>,
@@ -411,6 +432,13 @@ impl StreamIo {
 
     /// send/write/writev/sendmsg on a stream.
     pub fn send(&self, fd: c_int, call: SendCall<'_>) -> ssize_t {
+        if call.flags & libc::MSG_OOB != 0 {
+            // An urgent byte is outside the stream the receiver counts (no
+            // SO_OOBINLINE): a resume would count it twice. Refused.
+            warn!("MSG_OOB on a wisp stream is not supported");
+            set_errno(libc::EOPNOTSUPP);
+            return -1;
+        }
         let want = unsafe { iov_len(call.iov.as_ptr(), call.iov.len()) };
         let blocking = call.flags & libc::MSG_DONTWAIT == 0 && !program_nonblocking(fd);
         let deadline = if blocking {
@@ -592,9 +620,19 @@ impl StreamIo {
             if rx.cursor.behind(rx.total()) > 0 {
                 // The socket first brings bytes the program has had.
                 let mut buf = vec![0u8; 64 * 1024];
-                if rx.read_placed(fd, &mut buf) {
-                    self.note_pending(&rx);
-                    continue;
+                match rx.read_placed(fd, &mut buf) {
+                    Placed::Got => {
+                        self.note_pending(&rx);
+                        continue;
+                    }
+                    Placed::Eof => return 0,
+                    Placed::Failed(e) => {
+                        drop(rx);
+                        self.break_with(e);
+                        set_errno(e);
+                        return -1;
+                    }
+                    Placed::Nothing => {}
                 }
                 drop(rx);
                 if !blocking {
@@ -726,7 +764,7 @@ impl Frozen<'_> {
     /// Read everything the old socket `fd` has for us, placed by offset.
     pub fn drain(&mut self, fd: c_int) {
         let mut buf = vec![0u8; 64 * 1024];
-        while self.rx.read_placed(fd, &mut buf) {}
+        while self.rx.read_placed(fd, &mut buf) == Placed::Got {}
         self.io.note_pending(&self.rx);
     }
 
@@ -793,7 +831,12 @@ impl StreamIo {
     /// (after the bytes already held for the program), and waiters wake.
     pub fn break_with(&self, errno: c_int) {
         self.broken.store(errno, Ordering::Release);
+        // A stream left held for a newer move (hand_over) that never came
+        // must not keep its callers waiting: they get the error now.
+        self.moving.store(false, Ordering::Release);
         self.wake.lock().ring();
+        let _g = self.settled.lock();
+        self.settled_cv.notify_all();
     }
 
     /// Stop the stream at an exact byte count: new calls wait (or get

@@ -217,7 +217,10 @@ impl World {
         cmd.env("LD_PRELOAD", libwisp())
             .env("WISP_HOSTS", &self.hosts)
             .env("WISP_PROXY", self.proxy.to_string())
-            .env("WISP_LOG", "info")
+            .env(
+                "WISP_LOG",
+                std::env::var("WISP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("WISP_NAME");
         if let Some(n) = name {
             cmd.env("WISP_NAME", n);

@@ -248,20 +248,18 @@ pub enum Contention {
     /// are and proved itself just now, so it serves both moves, while
     /// ours may be dialling an address the peer has left.
     OursYields,
-    /// Refuse the peer's: both dialled and both froze; the connection
-    /// dialled from the lower address is kept.
+    /// Refuse the peer's: both dialled and both froze; the attempt with
+    /// the lower dialler nonce is kept.
     TheirsRefused,
     /// Wait for our dialler to fail: the peer refuses it.
     Wait,
 }
 
 /// `our_dial_frozen`: our dialler has had its Challenge (and froze).
-/// `ours`/`theirs`: where our connection and theirs were dialled from.
-pub fn contention(
-    our_dial_frozen: bool,
-    ours: std::net::IpAddr,
-    theirs: std::net::IpAddr,
-) -> Contention {
+/// `ours`/`theirs`: the `nonce_a` of our dialler's Init and of the peer's:
+/// both ends hold the same two and so decide alike (addresses would not
+/// do: behind NAT each end sees the other's differently).
+pub fn contention(our_dial_frozen: bool, ours: &Nonce, theirs: &Nonce) -> Contention {
     if !our_dial_frozen {
         Contention::OursYields
     } else if ours < theirs {
@@ -466,6 +464,12 @@ impl Exchange {
     /// The attempt's number, once an Init was read or sent.
     pub fn counter(&self) -> Option<u64> {
         self.init.as_ref().map(|i| i.counter)
+    }
+
+    /// The dialler's nonce of this attempt (ours when dialling, the peer's
+    /// when answering), once the Init was sent or read.
+    pub fn nonce_a(&self) -> Option<Nonce> {
+        self.init.as_ref().map(|i| i.nonce_a)
     }
 
     /// The stream the Init named.

@@ -464,6 +464,27 @@ impl Ua {
         true
     }
 
+    /// Give up waiting for our re-INVITE in flight in `call`, so that a
+    /// newer offer can go: a host that moves again while its last move's
+    /// re-INVITE is still unanswered (sent to where the peer was, or stuck
+    /// behind the peer's own move) must not wait out Timer B (32 s) before
+    /// it can say where it is now. The old transaction runs on unheeded; a
+    /// late answer to it is ignored. Returns whether one was in flight.
+    pub fn supersede_reinvite(&mut self, call: &str) -> bool {
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        let Some(key) = c.outgoing.clone() else {
+            return false;
+        };
+        if !matches!(self.pending.get(&key), Some(Pending::Reinvite(_))) {
+            return false;
+        }
+        self.pending.remove(&key);
+        c.outgoing = None;
+        true
+    }
+
     /// End the call: BYE for an established one, CANCEL for one still
     /// ringing on our side.
     pub fn hangup(&mut self, call: &str, now: Instant) {

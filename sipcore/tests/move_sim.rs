@@ -717,14 +717,10 @@ impl Sim {
             .filter(|&j| j != i);
         if let Some(j) = holder {
             if self.hosts[h].attempts[j].dialler {
-                let ours = self.conns[self.hosts[h].attempts[j].conn].addrs[0];
-                let theirs = self.conns[conn_i].addrs[0];
+                let ours = self.hosts[h].attempts[j].ex.nonce_a().unwrap_or_default();
+                let theirs = self.hosts[h].attempts[i].ex.nonce_a().unwrap_or_default();
                 let frozen = self.hosts[h].attempts[j].ex.holds_stream();
-                match contention(
-                    frozen,
-                    std::net::IpAddr::from(ours.to_be_bytes()),
-                    std::net::IpAddr::from(theirs.to_be_bytes()),
-                ) {
+                match contention(frozen, &ours, &theirs) {
                     Contention::TheirsRefused => {
                         return Err("both ends are resuming; ours wins".into())
                     }
@@ -836,8 +832,11 @@ impl Sim {
             self.conns[conn_i].dirs[r].read += used;
         }
         let a = self.hosts[h].attempts.remove(i);
-        if a.holds {
+        if a.holds && !a.dialler {
             // A newer answer may take the stream at once; otherwise thaw.
+            // A dialler that sent its Proof leaves it held for its next
+            // attempt: the peer may have swapped to this connection and
+            // left the old one.
             self.hosts[h].frozen = false;
         }
         if a.dialler {
