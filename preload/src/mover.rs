@@ -151,8 +151,15 @@ fn set_timeouts(s: &TcpStream, d: Duration) {
     let _ = s.set_write_timeout(Some(d));
 }
 
-/// Connect from `local` (port chosen by the kernel) with a timeout.
-fn dial(local: IpAddr, peer: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+/// Connect from `local` (port chosen by the kernel) with a timeout; given
+/// up as soon as `stale()` says the peer is known to be elsewhere now (its
+/// re-INVITE arrived while we dialled the address it left).
+fn dial(
+    local: IpAddr,
+    peer: SocketAddr,
+    timeout: Duration,
+    stale: &dyn Fn() -> bool,
+) -> std::io::Result<TcpStream> {
     let domain = if peer.is_ipv4() {
         libc::AF_INET
     } else {
@@ -188,21 +195,24 @@ fn dial(local: IpAddr, peer: SocketAddr, timeout: Duration) -> std::io::Result<T
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
         }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe {
-            real::poll(
-                &mut p,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as c_int,
-            )
-        };
-        if n <= 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        let until = Instant::now() + timeout;
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { real::poll(&mut p, 1, 50) };
+            if n > 0 {
+                break;
+            }
+            if stale() {
+                return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+            if Instant::now() > until {
+                return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+            }
         }
         if let Some(e) = sock.take_error()? {
             return Err(e);
@@ -356,7 +366,9 @@ fn initiate_once(
     peer: SocketAddr,
     st: &mut Stamps,
 ) -> Result<u64, Failed> {
-    let sock = dial(new_ip, peer, HANDSHAKE).map_err(|e| format!("connect: {e}"))?;
+    let moved_elsewhere = || *mob.peer_sip.lock() != Some(peer);
+    let sock =
+        dial(new_ip, peer, HANDSHAKE, &moved_elsewhere).map_err(|e| format!("connect: {e}"))?;
     st.tcp_up = Some(Instant::now());
     set_timeouts(&sock, HANDSHAKE);
     let _one = Holding::new(
@@ -397,6 +409,9 @@ fn initiate_once(
 
 /// One attempt carried out: the machine, the connection, the stream.
 struct Run<'a> {
+    /// Answering: our place among unproven connections, left on the Proof
+    /// (declared before `sock`, so dropped before the socket closes).
+    place: Option<Unproven>,
     stream: &'a Stream,
     mob: &'a Mobility,
     sock: TcpStream,
@@ -404,8 +419,6 @@ struct Run<'a> {
     st: &'a mut Stamps,
     /// Answering: the move lock, taken on the Proof.
     holder: Option<Holding<'a>>,
-    /// Answering: our place among unproven connections, left on the Proof.
-    place: Option<Unproven>,
     /// The stream, frozen, once the attempt succeeded.
     kept: Option<crate::stream::Frozen<'a>>,
 }
@@ -726,35 +739,61 @@ fn errno() -> c_int {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// Resume connections that have not proved themselves yet, by source, to
-/// bound what strangers (or an observer replaying a genuine Init) can make
-/// us hold: `resume::admit` decides who goes.
-static UNPROVEN: Mutex<Vec<(u64, IpAddr, c_int)>> = Mutex::new(Vec::new());
+/// Resume connections that have not proved themselves yet, to bound what
+/// strangers (or an observer replaying a genuine Init) can make us hold:
+/// before the Init by source address, after it by source and stream
+/// (`resume::admit` decides who goes). Each entry: id, key, descriptor.
+type Waiting<K> = Mutex<Vec<(u64, K, c_int)>>;
+static BEFORE_INIT: Waiting<IpAddr> = Mutex::new(Vec::new());
+static BEFORE_PROOF: Waiting<(IpAddr, StreamId)> = Mutex::new(Vec::new());
 
-/// A place in [`UNPROVEN`], left when dropped.
-struct Unproven(u64);
+/// A place in one of those lists, left when dropped (before the socket
+/// it names is closed: a `Run` drops it first).
+struct Unproven(u64, fn(u64));
 
 impl Unproven {
-    fn admit(source: IpAddr, fd: c_int) -> Unproven {
+    fn admit<K: PartialEq + Copy + std::fmt::Debug>(
+        list: &'static Waiting<K>,
+        key: K,
+        fd: c_int,
+        bounds: resume::Bounds,
+        leave: fn(u64),
+    ) -> Unproven {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let mut u = UNPROVEN.lock();
-        let sources: Vec<IpAddr> = u.iter().map(|e| e.1).collect();
-        if let Admit::Evict(k) = resume::admit(&sources, &source) {
-            let (_, ip, victim) = u.remove(k);
-            debug!("resume connection from {ip} dropped: too many unproven");
+        let mut u = list.lock();
+        let keys: Vec<K> = u.iter().map(|e| e.1).collect();
+        if let Admit::Evict(k) = resume::admit(&keys, &key, bounds) {
+            let (_, victim_key, victim) = u.remove(k);
+            debug!("resume connection {victim_key:?} dropped: too many unproven");
             // SAFETY: shuts the victim's socket (its thread then ends); the
-            // descriptor stays open until that thread drops it.
+            // descriptor is open until that thread leaves the list.
             unsafe { libc::shutdown(victim, libc::SHUT_RDWR) };
         }
-        u.push((id, source, fd));
-        Unproven(id)
+        u.push((id, key, fd));
+        Unproven(id, leave)
+    }
+
+    fn before_init(source: IpAddr, fd: c_int) -> Unproven {
+        Unproven::admit(&BEFORE_INIT, source, fd, resume::BEFORE_INIT, |id| {
+            BEFORE_INIT.lock().retain(|e| e.0 != id)
+        })
+    }
+
+    fn before_proof(source: IpAddr, stream: StreamId, fd: c_int) -> Unproven {
+        Unproven::admit(
+            &BEFORE_PROOF,
+            (source, stream),
+            fd,
+            resume::BEFORE_PROOF,
+            |id| BEFORE_PROOF.lock().retain(|e| e.0 != id),
+        )
     }
 }
 
 impl Drop for Unproven {
     fn drop(&mut self) {
-        UNPROVEN.lock().retain(|e| e.0 != self.0);
+        (self.1)(self.0);
     }
 }
 
@@ -774,12 +813,19 @@ pub fn accept_resume(sock: TcpStream, from: SocketAddr, first: Vec<u8>) {
 fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Failed> {
     let _ = sock.set_nonblocking(false);
     set_timeouts(&sock, HANDSHAKE);
-    let mut place = Some(Unproven::admit(from.ip(), sock.as_raw_fd()));
-    // Read up to the Init.
+    // Held (and dropped) for its place in the list until the Init is read.
+    let before_init = Unproven::before_init(from.ip(), sock.as_raw_fd());
+    // Read up to the Init, within a second in all (a stranger trickling
+    // bytes holds its place no longer).
+    let init_by = Instant::now() + Duration::from_secs(1);
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
     let mut ex = Exchange::answer();
     let mut got = first;
     let mut buf = [0u8; 512];
     let id = loop {
+        if Instant::now() > init_by {
+            return Err("no whole Init within a second".into());
+        }
         let mut input = &got[..];
         match ex.input(&mut input, None)? {
             Need::Lookup(id) => {
@@ -790,8 +836,12 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
             _ => {
                 let used = got.len() - input.len();
                 got.drain(..used);
-                let n = std::io::Read::read(&mut &sock, &mut buf)
-                    .map_err(|e| format!("read Init: {e}"))?;
+                let n = match std::io::Read::read(&mut &sock, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                    Err(e) => return Err(format!("read Init: {e}").into()),
+                };
                 if n == 0 {
                     return Err("closed before a whole Init".into());
                 }
@@ -800,6 +850,9 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
         }
     };
     let stream = engine::stream_by_id(&id).ok_or_else(|| format!("unknown stream {id}"))?;
+    let place = Unproven::before_proof(from.ip(), id, sock.as_raw_fd());
+    drop(before_init);
+    set_timeouts(&sock, HANDSHAKE);
     let mob = stream.mobility.as_ref().ok_or("stream is not movable")?;
     // Nothing is decided on the Init: a copy of a genuine one passes here
     // and earns only a Challenge that its sender cannot answer.
@@ -807,7 +860,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
     let counter = ex.counter().unwrap_or(0);
     let local = sock.local_addr().map(|a| a.ip()).ok();
     let mut st = Stamps::default();
-    let mut run = Run::new(&stream, mob, sock, ex, &mut st, place.take());
+    let mut run = Run::new(&stream, mob, sock, ex, &mut st, Some(place));
     // A newer attempt proven on another connection: the peer has moved on
     // from this one.
     let mut superseded = || mob.gate.lock().superseded(counter);

@@ -269,31 +269,51 @@ pub fn contention(our_dial_frozen: bool, ours: &Nonce, theirs: &Nonce) -> Conten
     }
 }
 
-/// Answers that have not seen a Proof yet, at most per source address
-/// and in all (per process): anyone may open connections to a SIP port
-/// and an on-path observer may replay a genuine Init on each, but none of
-/// them can crowd out the genuine dialler's, which comes from an address
-/// of its own.
-pub const UNPROVEN_PER_SOURCE: usize = 2;
-pub const UNPROVEN_MAX: usize = 32;
+/// Bounds on resume connections that have not proved themselves yet:
+/// at most `per_key` with the same key and `max` in all (per process).
+/// Anyone may open connections to a SIP port, and an on-path observer may
+/// replay a genuine Init on each, but none of them can crowd out the
+/// genuine dialler's, whose key is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub per_key: usize,
+    pub max: usize,
+}
 
-/// What to do with a new unproven answer from `source`, given the sources
-/// of those waiting (oldest first).
+/// Before the Init is read (at most a second): keyed by source address.
+/// A host that moves opens one connection per stream at once, all from
+/// one address, so the share per source is wide.
+pub const BEFORE_INIT: Bounds = Bounds {
+    per_key: 64,
+    max: 256,
+};
+
+/// After the Init, before the Proof: keyed by source address and stream.
+/// The genuine dialler has one per stream (two when a retry overlaps);
+/// an observer replaying that Init from its own address gets its own
+/// share, never the dialler's.
+pub const BEFORE_PROOF: Bounds = Bounds {
+    per_key: 2,
+    max: 256,
+};
+
+/// What to do with a new connection keyed `key`, given the keys of those
+/// waiting (oldest first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
     Yes,
     /// Admit it after dropping the waiting one at this index: the oldest
-    /// of its own source when that source is at its share, else the
-    /// oldest of the source holding the most.
+    /// of its own key when that key is at its share, else the oldest of
+    /// the key holding the most.
     Evict(usize),
 }
 
-pub fn admit<A: PartialEq>(waiting: &[A], source: &A) -> Admit {
-    let count = |a: &A| waiting.iter().filter(|w| *w == a).count();
-    if count(source) >= UNPROVEN_PER_SOURCE {
-        return Admit::Evict(waiting.iter().position(|w| w == source).unwrap_or(0));
+pub fn admit<K: PartialEq>(waiting: &[K], key: &K, bounds: Bounds) -> Admit {
+    let count = |a: &K| waiting.iter().filter(|w| *w == a).count();
+    if count(key) >= bounds.per_key {
+        return Admit::Evict(waiting.iter().position(|w| w == key).unwrap_or(0));
     }
-    if waiting.len() >= UNPROVEN_MAX {
+    if waiting.len() >= bounds.max {
         let most = (0..waiting.len())
             .max_by_key(|&i| (count(&waiting[i]), std::cmp::Reverse(i)))
             .unwrap_or(0);

@@ -459,6 +459,9 @@ impl Ua {
         let key = self.ep.send_request(m.clone(), hop, now);
         c.invite = Some(m);
         c.outgoing = Some(key.clone());
+        // A 491 retry still waiting carries an older offer: this one
+        // supersedes it.
+        c.retry = None;
         self.pending
             .insert(key, Pending::Reinvite(call.to_string()));
         true
@@ -865,8 +868,11 @@ impl Ua {
             c.retry = Some((now + Duration::from_millis(wait), body));
             return;
         }
-        if code == 481 || code == 408 {
-            // The dialog is gone at the far end (§12.2.1.2).
+        if code == 481 {
+            // The dialog is gone at the far end (§12.2.1.2). A 408 is not
+            // taken for that here, unlike §12.2.1.2's advice: a proxy
+            // answers 408 when the peer is between addresses (it moved
+            // too), and the call and its streams are still up.
             self.calls.remove(call);
             self.events.push_back(UaEvent::CallEnded {
                 call: call.to_string(),
@@ -1241,6 +1247,69 @@ mod tests {
                 body: Bytes::from_static(b"from-a")
             }]
         );
+    }
+
+    #[test]
+    fn a_newer_move_supersedes_a_reinvite_still_unanswered() {
+        let mut net = Net::new(&["n0", "n1"]);
+        let (a, b) = call(&mut net);
+        let now = net.now;
+        // The peer never answers the first (it is between addresses).
+        assert!(net.nodes[0].reinvite(&a, Bytes::from_static(b"move-1"), now));
+        net.run();
+        assert!(matches!(
+            &net.events(1)[..],
+            [UaEvent::IncomingReinvite { .. }]
+        ));
+        assert!(!net.nodes[0].reinvite(&a, Bytes::from_static(b"move-2"), now));
+        assert!(net.nodes[0].supersede_reinvite(&a));
+        assert!(
+            !net.nodes[0].supersede_reinvite(&a),
+            "only one was in flight"
+        );
+        // The first is answered meanwhile: its answer is ignored.
+        let now = net.now;
+        net.nodes[1].answer(&b, 200, Some(Bytes::from_static(b"ok-1")), now);
+        net.run();
+        assert!(net.events(0).is_empty());
+        let now = net.now;
+        assert!(net.nodes[0].reinvite(&a, Bytes::from_static(b"move-2"), now));
+        net.run();
+        assert_eq!(
+            net.events(1),
+            vec![UaEvent::IncomingReinvite {
+                call: b.clone(),
+                body: Bytes::from_static(b"move-2")
+            }]
+        );
+        let now = net.now;
+        net.nodes[1].answer(&b, 200, Some(Bytes::from_static(b"ok-2")), now);
+        net.run();
+        assert!(matches!(
+            &net.events(0)[..],
+            [UaEvent::ReinviteDone { code: 200, .. }]
+        ));
+        assert_eq!(net.nodes[0].call_count(), 1);
+    }
+
+    #[test]
+    fn a_408_to_a_reinvite_leaves_the_call_up() {
+        let mut net = Net::new(&["n0", "n1"]);
+        let (a, b) = call(&mut net);
+        let now = net.now;
+        assert!(net.nodes[0].reinvite(&a, Bytes::from_static(b"move"), now));
+        net.run();
+        net.events(1);
+        let now = net.now;
+        net.nodes[1].answer(&b, 408, None, now);
+        net.run();
+        assert!(matches!(
+            &net.events(0)[..],
+            [UaEvent::ReinviteDone { code: 408, .. }]
+        ));
+        assert_eq!(net.nodes[0].call_count(), 1);
+        let now = net.now;
+        assert!(net.nodes[0].reinvite(&a, Bytes::from_static(b"again"), now));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use sipcore::ids::StreamId;
 use sipcore::keys::{derive, KeyShare, StreamKey};
 use sipcore::resume::{
     admit, contention, Admit, Contention, Cursor, Exchange, Gate, Need, Resend, ResumeError,
-    StreamView,
+    StreamView, BEFORE_PROOF,
 };
 use sipcore::ring::ReplayRing;
 
@@ -537,7 +537,8 @@ impl Sim {
             .iter()
             .map(|&j| self.conns[self.hosts[h].attempts[j].conn].addrs[0])
             .collect();
-        if let Admit::Evict(k) = admit(&sources, &self.conns[conn].addrs[0]) {
+        // One stream here: the per-stream bound is the per-source one.
+        if let Admit::Evict(k) = admit(&sources, &self.conns[conn].addrs[0], BEFORE_PROOF) {
             self.fail_attempt(h, unproven[k], "too many unproven resumes".into());
         }
         self.hosts[h].attempts.push(Attempt {
