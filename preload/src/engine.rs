@@ -293,6 +293,7 @@ pub fn swap(stream: &Stream, new: c_int) {
             }
             copy_sockopts(fd, new);
             let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+            crate::epolls::remove(fd);
             real::dup3(new, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
         }
         crate::epolls::readd(fd);

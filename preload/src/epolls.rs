@@ -167,6 +167,19 @@ pub fn duplicated(old: c_int, new: c_int) {
     });
 }
 
+/// Before a swap: take the program's registrations of `fd` off the socket
+/// it names now. epoll drops an entry only when the last reference to its
+/// file goes; a copy of the old socket elsewhere (a child that inherited
+/// it) would keep the entry, and the old socket's end would be reported
+/// for the program's descriptor.
+pub fn remove(fd: c_int) {
+    let regs: Vec<_> = with(|t| t.regs.iter().filter(|r| r.1 == fd).copied().collect());
+    for (ep, f, _) in regs {
+        // SAFETY: the program's epoll instance; a DEL needs no event.
+        unsafe { real::epoll_ctl(ep, libc::EPOLL_CTL_DEL, f, std::ptr::null_mut()) };
+    }
+}
+
 /// After a swap: put the program's registrations of `fd` back, now on the
 /// socket `fd` names.
 pub fn readd(fd: c_int) {

@@ -18,7 +18,7 @@ use sipcore::ids::StreamId;
 use sipcore::keys::{MoveCounter, StreamKey};
 use sipcore::resume::{self, Admit, Exchange, Gate, Need, Resend};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -421,6 +421,9 @@ struct Run<'a> {
     holder: Option<Holding<'a>>,
     /// The stream, frozen, once the attempt succeeded.
     kept: Option<crate::stream::Frozen<'a>>,
+    /// Our descriptor of the socket the program's descriptors named at
+    /// the freeze.
+    old: Option<OwnedFd>,
 }
 
 impl<'a> Run<'a> {
@@ -441,6 +444,7 @@ impl<'a> Run<'a> {
             holder: None,
             place,
             kept: None,
+            old: None,
         }
     }
 
@@ -510,7 +514,20 @@ impl<'a> Run<'a> {
                             outcome = Err("the stream has no descriptor".into());
                             break;
                         };
-                        old_fd = fd;
+                        // Our own descriptor of the old socket for the rest
+                        // of the attempt: the program may close its own
+                        // meanwhile, and the number be reused by another
+                        // socket of the program.
+                        // SAFETY: dup of a descriptor the stream names.
+                        let dup = unsafe { real::dup(fd) };
+                        if dup < 0 {
+                            outcome = Err("cannot hold the old socket".into());
+                            break;
+                        }
+                        // SAFETY: a fresh descriptor of ours.
+                        let owned = unsafe { <OwnedFd as FromRawFd>::from_raw_fd(dup) };
+                        old_fd = owned.as_raw_fd();
+                        self.old = Some(owned);
                         if self.holder.is_none()
                             && self
                                 .mob
@@ -711,8 +728,8 @@ impl<'a> Run<'a> {
             .expect("drive returned with the stream frozen");
         // What the old socket's kernel took (and acknowledged) since the
         // freeze: the peer will not send it again. Placed by offset.
-        if let Some(&old) = engine::fds_of(self.stream).first() {
-            frozen.drain(old);
+        if let Some(old) = self.old.as_ref() {
+            frozen.drain(old.as_raw_fd());
         }
         engine::swap(self.stream, self.sock.into_raw_fd());
         frozen.swapped(self.ex.inbound());

@@ -310,16 +310,7 @@ fn rr_100_streams_client_on_the_moving_host() {
 
 /// 10 request/response streams while the mobile host and the
 /// correspondent move at the same moment, twice.
-///
-/// Known to fail in about 3 runs of 10: when both hosts move again
-/// within a second, a stream can go on dialling the address its peer had
-/// after the first move (each side learned the other's address from a
-/// resume or re-INVITE of the first round, and the second round's
-/// announcements do not reach the peer in time), until WISP_MOVE_TIMEOUT.
-/// Run with `--ignored` while working on it; the closing note of the
-/// session that found it has the logs' reading.
 #[test]
-#[ignore = "known bug: both hosts moving twice within a second (see the doc comment)"]
 fn rr_10_streams_both_hosts_moving() {
     let mut m = Mob::new("xrrboth", Proxy::Wisp);
     let mut rr = Rr::start(
