@@ -29,14 +29,13 @@
 use shim_tests::attacker::{hex, DropFirstInit, Replay};
 use shim_tests::e2e::{move_timelines, py, run, wisp_bin, Bg, LibLog, Proxy, World};
 use shim_tests::lab::{MoveKind, Node};
+use shim_tests::moves::{epoch, field, line_with, progress, tails, BOB, FINISH, STALL};
 use std::ffi::OsStr;
 use std::fmt::Display;
 use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BOB: &str = "sip:bob@wxyz.com";
+use std::time::{Duration, Instant};
 
 /// The SIP port of every library in these tests: the attacker's target.
 const SIP_PORT: u16 = 5060;
@@ -52,68 +51,6 @@ const HANDSHAKE_MAX: u64 = 100;
 /// judges what it got (the stream was resent within milliseconds when the
 /// attack worked).
 const WATCH: Duration = Duration::from_secs(3);
-
-/// How long a stream may make no progress at all.
-const STALL: Duration = Duration::from_secs(30);
-
-/// How long a program may take to exit once its work is done.
-const FINISH: Duration = Duration::from_secs(60);
-
-fn epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// The last `n` lines of `text` other than progress reports, then its last
-/// progress report.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("progress "))
-        .collect();
-    let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
-    if let Some(p) = text.lines().rev().find(|l| l.starts_with("progress ")) {
-        s += "\n(last) ";
-        s += p;
-    }
-    s
-}
-
-fn tails(bg: &Bg) -> String {
-    format!(
-        "-- {} stdout:\n{}\n-- {} stderr:\n{}",
-        bg.name,
-        tail(&bg.stdout(), 15),
-        bg.name,
-        tail(&bg.stderr(), 15)
-    )
-}
-
-/// The last `progress rx=N tx=M` line a program printed: (rx, tx).
-fn progress(out: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    for line in text.lines().rev() {
-        if let Some(rest) = line.strip_prefix("progress ") {
-            if let (Some(rx), Some(tx)) = (field(rest, "rx"), field(rest, "tx")) {
-                return (rx, tx);
-            }
-        }
-    }
-    (0, 0)
-}
-
-/// `key=N` in a line of `key=value` words.
-fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-}
-
-fn line_with<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().find(|l| l.starts_with(prefix))
-}
 
 /// A world, the library logs of its programs, what the test did and the
 /// attacker's report, for failure messages.

@@ -37,6 +37,9 @@ pub fn token(len: usize) -> String {
         let mut h = Sha256::new();
         h.update(seed());
         h.update(n.to_le_bytes());
+        // A forked child inherits seed and counter: its pid keeps its
+        // tokens (Call-IDs, stream ids, resume nonces) its own.
+        h.update(std::process::id().to_le_bytes());
         for b in h.finalize() {
             if out.len() == len {
                 break;
@@ -76,6 +79,7 @@ impl StreamId {
         h.update(seed());
         h.update(b"stream-id");
         h.update(n.to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&h.finalize()[..16]);
         StreamId(id)
