@@ -436,3 +436,53 @@ fn fuzzed_input_never_panics_nor_gets_past_the_macs() {
     // reached the machine's later states).
     assert!(challenged > iters / 10, "only {challenged} challenged");
 }
+
+#[test]
+fn a_cursor_drops_what_arrived_elsewhere_and_refuses_a_hole() {
+    // The connection's next byte is 10; the stream has 14.
+    let mut c = Cursor { next: 10 };
+    assert_eq!(c.behind(14), 4);
+    assert_eq!(c.take(14, b"abcdefgh"), Ok(&b"efgh"[..]));
+    assert_eq!(c.next, 18);
+    assert_eq!(c.take(18, b"ij"), Ok(&b"ij"[..]));
+    // All of it old.
+    let mut c = Cursor { next: 0 };
+    assert_eq!(c.take(100, b"xyz"), Ok(&b""[..]));
+    // Ahead of the stream: bytes between were never seen.
+    let mut c = Cursor { next: 20 };
+    assert_eq!(c.take(18, b"k"), Err(ResumeError::Gap { from: 20, rx: 18 }));
+}
+
+#[test]
+fn admission_keeps_every_key_its_share() {
+    let b = Bounds { per_key: 2, max: 4 };
+    assert_eq!(admit::<u8>(&[], &1, b), Admit::Yes);
+    // Its own key at its share: its own oldest goes.
+    assert_eq!(admit(&[7, 1, 7], &7, b), Admit::Evict(0));
+    // Full: the oldest of the key holding the most goes, not the newcomer's.
+    assert_eq!(admit(&[1, 2, 2, 3], &4, b), Admit::Evict(1));
+    // A flood from one key cannot push out another key's single entry.
+    let mut waiting = vec![9u8];
+    for _ in 0..100 {
+        match admit(&waiting, &5, b) {
+            Admit::Yes => waiting.push(5),
+            Admit::Evict(k) => {
+                assert_ne!(waiting[k], 9, "the genuine one was evicted");
+                waiting.remove(k);
+                waiting.push(5);
+            }
+        }
+    }
+    assert!(waiting.contains(&9));
+}
+
+#[test]
+fn both_ends_decide_contention_alike() {
+    let (x, y) = ([1u8; 16], [2u8; 16]);
+    // Not yet frozen: ours gives way, whatever the nonces.
+    assert_eq!(contention(false, &x, &y), Contention::OursYields);
+    assert_eq!(contention(false, &y, &x), Contention::OursYields);
+    // Both frozen: exactly one side refuses the other's, the other waits.
+    assert_eq!(contention(true, &x, &y), Contention::TheirsRefused);
+    assert_eq!(contention(true, &y, &x), Contention::Wait);
+}
