@@ -30,6 +30,7 @@ fn guard<T>(what: &str, fail: T, f: impl FnOnce() -> T) -> T {
 
 use crate::engine::{self, set_errno};
 use crate::fdtable;
+use crate::table;
 
 // ---- name resolution --------------------------------------------------
 
@@ -325,7 +326,7 @@ pub unsafe extern "C" fn accept4(
 #[no_mangle]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     if fdtable::kind(fd) == fdtable::Kind::Stream {
-        if let Some(seen) = guard("getpeername", None, || engine::peer_seen(fd)) {
+        if let Some(seen) = guard("getpeername", None, || table::peer_seen(fd)) {
             let rc = unsafe { real::getpeername(fd, addr, len) };
             if rc == 0 {
                 unsafe { engine::write_out(seen, engine::socket_family(fd), addr, len) };
@@ -501,16 +502,16 @@ unsafe fn iov_of(m: &msghdr) -> &[iovec] {
 
 /// The stream behind `fd`, if it is one; one atomic load when it is not.
 #[inline]
-fn stream_of(fd: c_int) -> Option<std::sync::Arc<engine::Stream>> {
+fn stream_of(fd: c_int) -> Option<std::sync::Arc<table::Stream>> {
     if fdtable::kind(fd) != fdtable::Kind::Stream {
         return None;
     }
-    guard("stream lookup", None, || engine::stream(fd))
+    guard("stream lookup", None, || table::stream(fd))
 }
 
 fn send_io(
     what: &str,
-    s: &engine::Stream,
+    s: &table::Stream,
     fd: c_int,
     iov: &[iovec],
     msg: Option<&msghdr>,
@@ -521,7 +522,7 @@ fn send_io(
 
 fn recv_io(
     what: &str,
-    s: &engine::Stream,
+    s: &table::Stream,
     fd: c_int,
     iov: &[iovec],
     msg: Option<*mut msghdr>,
@@ -664,7 +665,7 @@ unsafe fn sendfile_common(
     inp: c_int,
     off: *mut off_t,
     n: size_t,
-    s: &engine::Stream,
+    s: &table::Stream,
 ) -> ssize_t {
     let mut buf = vec![0u8; n.min(256 * 1024)];
     let got = if off.is_null() {
@@ -770,7 +771,7 @@ unsafe fn poll_with_pending(fds: *mut pollfd, n: nfds_t, rc: c_int) -> c_int {
     let mut marked = false;
     for i in 0..n as usize {
         let p = unsafe { &mut *fds.add(i) };
-        if p.events & libc::POLLIN != 0 && engine::has_pending(p.fd) {
+        if p.events & libc::POLLIN != 0 && table::has_pending(p.fd) {
             p.revents |= libc::POLLIN;
             marked = true;
         }
@@ -788,7 +789,7 @@ unsafe fn poll_with_pending(fds: *mut pollfd, n: nfds_t, rc: c_int) -> c_int {
 unsafe fn poll_now_if_pending(fds: *mut pollfd, n: nfds_t) -> Option<c_int> {
     let any = (0..n as usize).any(|i| {
         let p = unsafe { &*fds.add(i) };
-        p.events & libc::POLLIN != 0 && engine::has_pending(p.fd)
+        p.events & libc::POLLIN != 0 && table::has_pending(p.fd)
     });
     any.then(|| {
         let rc = unsafe { real::poll(fds, n, 0) };
@@ -860,7 +861,7 @@ unsafe fn select_sliced(
         // ready whatever their sockets say.
         let held: Vec<c_int> = match saved[0] {
             Some(r) => (0..libc::FD_SETSIZE as c_int)
-                .filter(|&fd| unsafe { libc::FD_ISSET(fd, &r) } && engine::has_pending(fd))
+                .filter(|&fd| unsafe { libc::FD_ISSET(fd, &r) } && table::has_pending(fd))
                 .collect(),
             None => Vec::new(),
         };
@@ -971,7 +972,7 @@ pub unsafe extern "C" fn epoll_pwait(
     let deadline = crate::waits::from_ms(timeout).map(|t| std::time::Instant::now() + t);
     loop {
         let held = guard("epoll_wait", Vec::new(), || {
-            crate::epolls::pending_events(ep, engine::has_pending)
+            crate::epolls::pending_events(ep, table::has_pending)
         });
         let n = held.len().min(max as usize);
         for (i, ev) in held.iter().take(n).enumerate() {
@@ -1019,7 +1020,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: *mut c_void) 
         && !arg.is_null()
         && fdtable::kind(fd) == fdtable::Kind::Stream
     {
-        let held = guard("ioctl", 0, || engine::pending(fd));
+        let held = guard("ioctl", 0, || table::pending(fd));
         unsafe { *(arg as *mut c_int) += held as c_int };
     }
     rc

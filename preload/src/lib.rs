@@ -8,16 +8,20 @@ pub mod datagrams;
 pub mod engine;
 pub mod epolls;
 pub mod fdtable;
+pub mod mobility;
 pub mod movelog;
 pub mod mover;
 pub mod names;
 pub mod netwatch;
 pub mod real;
 pub mod resolve;
+pub mod routes;
 pub mod sip;
+pub mod sock;
 pub mod state;
 pub mod status;
 pub mod stream;
+pub mod table;
 pub mod waits;
 
 // The hooks are left out of unit-test builds: a test binary must not

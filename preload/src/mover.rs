@@ -9,14 +9,14 @@
 //! lock, and puts the new socket under the program's descriptors. See
 //! ARCHITECTURE.md, "Moves".
 
-use crate::engine::{self, Stream};
-use crate::movelog::{MoveLog, Resumed};
+use crate::mobility::{Mobility, ANSWERING, DIALLING, DIALLING_FROZEN, IDLE, YIELDED};
+use crate::movelog::Resumed;
 use crate::real;
+use crate::table::{self, Stream};
 use libc::c_int;
 use parking_lot::Mutex;
 use sipcore::ids::StreamId;
-use sipcore::keys::{MoveCounter, StreamKey};
-use sipcore::resume::{self, Admit, Exchange, Gate, Need, Resend};
+use sipcore::resume::{self, Admit, Exchange, Need, Resend};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,101 +26,6 @@ use std::time::{Duration, Instant};
 /// How long one resume handshake may take before it is abandoned (the
 /// mover then tries again, until the move timeout).
 const HANDSHAKE: Duration = Duration::from_secs(3);
-
-/// What makes a stream movable: its key, its id, where the peer is.
-pub struct Mobility {
-    pub key: StreamKey,
-    pub id: StreamId,
-    pub call_id: String,
-    /// TCP streams resume on a new connection; UDP ones are re-pointed.
-    pub proto: sipcore::sdp::ChannelProto,
-    /// The peer's SIP address (TCP): where resumed connections go.
-    pub peer_sip: Mutex<Option<SocketAddr>>,
-    /// The peer's data address, for route checks.
-    pub peer_data: Mutex<SocketAddr>,
-    /// The address this side's data connection uses now.
-    pub local_ip: Mutex<IpAddr>,
-    /// This side's data port (datagram streams announce it in a move).
-    pub local_port: std::sync::atomic::AtomicU16,
-    /// Resume attempt numbers, ours and the peer's as taken.
-    gate: Mutex<Gate>,
-    /// Our re-INVITE counter, and the peer's we have accepted.
-    pub moves_sent: AtomicU64,
-    pub moves_seen: Mutex<MoveCounter>,
-    /// One move at a time.
-    lock: Mutex<()>,
-    /// Who holds `lock`: [`IDLE`], [`DIALLING`], [`DIALLING_FROZEN`],
-    /// [`YIELDED`] or [`ANSWERING`].
-    role: std::sync::atomic::AtomicU8,
-    /// Our dialler's nonce, for contention (both ends compare the same
-    /// two nonces).
-    dial_nonce: Mutex<Option<resume::Nonce>>,
-    /// A mover thread is working on this stream (it follows every later
-    /// change of route itself).
-    pub mover_running: std::sync::atomic::AtomicBool,
-    /// Completed moves and bytes resent, for the log and status.
-    pub moves: AtomicU64,
-    pub resent: AtomicU64,
-    /// The stages of the move under way, for its log line.
-    pub log: MoveLog,
-    /// The last completed move's stall (µs) and bytes resent, for status.
-    pub last_stall_us: AtomicU64,
-    pub last_resent: AtomicU64,
-}
-
-impl Mobility {
-    pub fn new(
-        key: StreamKey,
-        id: StreamId,
-        call_id: String,
-        proto: sipcore::sdp::ChannelProto,
-        peer_data: SocketAddr,
-        local_ip: IpAddr,
-    ) -> Mobility {
-        Mobility {
-            key,
-            id,
-            call_id,
-            proto,
-            peer_sip: Mutex::new(None),
-            peer_data: Mutex::new(peer_data),
-            local_ip: Mutex::new(local_ip),
-            local_port: std::sync::atomic::AtomicU16::new(0),
-            gate: Mutex::new(Gate::default()),
-            moves_sent: AtomicU64::new(0),
-            moves_seen: Mutex::new(MoveCounter::new()),
-            lock: Mutex::new(()),
-            role: std::sync::atomic::AtomicU8::new(IDLE),
-            dial_nonce: Mutex::new(None),
-            mover_running: std::sync::atomic::AtomicBool::new(false),
-            moves: AtomicU64::new(0),
-            resent: AtomicU64::new(0),
-            log: MoveLog::default(),
-            last_stall_us: AtomicU64::new(0),
-            last_resent: AtomicU64::new(0),
-        }
-    }
-
-    /// A move completed: its stall and resent bytes, then the count (so a
-    /// reader that sees the count sees this move's figures).
-    fn completed(&self, stall: Duration, resent: u64) -> u64 {
-        self.last_stall_us
-            .store(stall.as_micros() as u64, Ordering::Relaxed);
-        self.last_resent.store(resent, Ordering::Relaxed);
-        self.moves.fetch_add(1, Ordering::Release) + 1
-    }
-}
-
-const IDLE: u8 = 0;
-/// Dialling, before the peer's Challenge (the stream not frozen yet).
-const DIALLING: u8 = 1;
-const ANSWERING: u8 = 2;
-/// Dialling, frozen: the peer proved itself on our connection. Reached
-/// from DIALLING by a compare-and-swap that races [`YIELDED`].
-const DIALLING_FROZEN: u8 = 3;
-/// Dialling, told to give way to the peer's proven attempt before it
-/// froze: it ends without freezing.
-const YIELDED: u8 = 4;
 
 /// Holds a stream's move lock in one role; back to idle when dropped.
 struct Holding<'a> {
@@ -260,11 +165,11 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
     };
     let old_ip = *mob.local_ip.lock();
     let mut attempt = 0u32;
-    let mut seen = crate::sip::net_epoch();
+    let mut seen = crate::routes::net_epoch();
     while Instant::now() < deadline {
         let peer_data = *mob.peer_data.lock();
-        let Some(new_ip) = crate::sip::route_ip(peer_data) else {
-            seen = crate::sip::wait_net_change(seen, Duration::from_millis(100));
+        let Some(new_ip) = crate::routes::route_ip(peer_data) else {
+            seen = crate::routes::wait_net_change(seen, Duration::from_millis(100));
             continue;
         };
         let Some(peer) = *mob.peer_sip.lock() else {
@@ -301,7 +206,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
                     mob.id, e.why
                 );
                 stream.io.break_with(libc::ECONNRESET);
-                engine::wake_epolls(&stream);
+                table::wake_epolls(&stream);
                 mob.mover_running.store(false, Ordering::Release);
                 return;
             }
@@ -319,7 +224,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
         mob.id
     );
     stream.io.break_with(libc::ETIMEDOUT);
-    engine::wake_epolls(&stream);
+    table::wake_epolls(&stream);
     mob.mover_running.store(false, Ordering::Release);
 }
 
@@ -389,18 +294,18 @@ fn initiate_once(
     *mob.dial_nonce.lock() = ex.nonce_a();
     // Give up on this connection as soon as the address it was dialled
     // from is gone: the next attempt dials from the new one.
-    let mut seen = crate::sip::net_epoch();
+    let mut seen = crate::routes::net_epoch();
     let peer_data = *mob.peer_data.lock();
     let mut moved_on = move || {
         if mob.role.load(Ordering::Acquire) == YIELDED {
             return true;
         }
-        let now = crate::sip::net_epoch();
+        let now = crate::routes::net_epoch();
         if now == seen {
             return false;
         }
         seen = now;
-        crate::sip::route_ip(peer_data) != Some(new_ip)
+        crate::routes::route_ip(peer_data) != Some(new_ip)
     };
     let mut run = Run::new(stream, mob, sock, ex, st, None);
     run.drive(&[], &mut moved_on)?;
@@ -451,7 +356,7 @@ impl<'a> Run<'a> {
     /// Carry the handshake and both resends until the connection can be
     /// swapped in. Returns with the stream frozen in `self.st.frozen`.
     fn drive(&mut self, first: &[u8], superseded: &mut dyn FnMut() -> bool) -> Result<(), Failed> {
-        let fd_of = || engine::fds_of(self.stream).first().copied();
+        let fd_of = || table::fds_of(self.stream).first().copied();
         let sfd = self.sock.as_raw_fd();
         let _ = &self.sock;
         let mut frozen: Option<crate::stream::Frozen<'a>> = None;
@@ -671,13 +576,13 @@ impl<'a> Run<'a> {
                 }
                 // The connection is left: a reset, never a FIN the peer's
                 // program could take for the end of the stream.
-                engine::abort_on_close(sfd);
+                table::abort_on_close(sfd);
                 if e.fatal {
                     self.stream.io.break_with(libc::ECONNRESET);
                 }
                 // Bytes the freeze drained wait for the program: wake its
                 // epoll waits (the socket cannot say so).
-                engine::wake_epolls(self.stream);
+                table::wake_epolls(self.stream);
                 Err(e)
             }
         }
@@ -731,18 +636,18 @@ impl<'a> Run<'a> {
         if let Some(old) = self.old.as_ref() {
             frozen.drain(old.as_raw_fd());
         }
-        engine::swap(self.stream, self.sock.into_raw_fd());
+        table::swap(self.stream, self.sock.into_raw_fd());
         frozen.swapped(self.ex.inbound());
         if self.stream.io.is_shut_wr() {
             // The program's FIN follows the resend, as it followed the
             // data on the old connection.
-            if let Some(&fd) = engine::fds_of(self.stream).first() {
+            if let Some(&fd) = table::fds_of(self.stream).first() {
                 // SAFETY: shutdown has no pointer arguments.
                 unsafe { real::shutdown(fd, libc::SHUT_WR) };
             }
         }
         drop(frozen);
-        engine::wake_epolls(self.stream);
+        table::wake_epolls(self.stream);
         if let Some(at) = self.st.frozen_at {
             self.st.stall = at.elapsed();
         }
@@ -866,7 +771,7 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
             }
         }
     };
-    let stream = engine::stream_by_id(&id).ok_or_else(|| format!("unknown stream {id}"))?;
+    let stream = table::stream_by_id(&id).ok_or_else(|| format!("unknown stream {id}"))?;
     let place = Unproven::before_proof(from.ip(), id, sock.as_raw_fd());
     drop(before_init);
     set_timeouts(&sock, HANDSHAKE);
@@ -882,15 +787,9 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
     // from this one.
     let mut superseded = || mob.gate.lock().superseded(counter);
     run.drive(&got, &mut superseded)?;
-    // The peer is at a new address; its SIP port is what it was. We are
-    // where it reached us.
-    {
-        let mut peer_sip = mob.peer_sip.lock();
-        *peer_sip = Some(SocketAddr::new(
-            from.ip(),
-            peer_sip.map_or(from.port(), |a| a.port()),
-        ));
-    }
+    // We are where the peer reached us. (Where the peer is now, its move
+    // re-INVITE tells the SIP thread: a resume connection may come late,
+    // from an address the peer has left again.)
     if let Some(ip) = local {
         *mob.local_ip.lock() = ip;
     }

@@ -19,7 +19,7 @@ use sipcore::session;
 use sipcore::transaction::Transport;
 use sipcore::ua::{CallId, Ua, UaConfig, UaEvent};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// A connect by name that worked: the call, the peer's data address, the
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 pub struct Connected {
     pub call: CallId,
     pub addr: SocketAddr,
-    pub mobility: Option<crate::engine::Keys>,
+    pub mobility: Option<crate::table::Keys>,
     pub peer_sip: Option<SocketAddr>,
 }
 
@@ -103,21 +103,11 @@ pub fn handle() -> Result<&'static Handle, String> {
     Ok(started)
 }
 
-/// The source address the kernel would use towards `dest`: asked with a
-/// connected UDP socket, which sends nothing.
-pub fn route_ip(dest: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr = match dest {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let s = UdpSocket::bind(any).ok()?;
-    s.connect(dest).ok()?;
-    Some(s.local_addr().ok()?.ip())
-}
-
 fn start(config: &Config) -> Result<Handle, String> {
     let local_ip = match config.proxy {
-        Some(p) => route_ip(p).ok_or_else(|| format!("no route to WISP_PROXY {p}"))?,
+        Some(p) => {
+            crate::routes::route_ip(p).ok_or_else(|| format!("no route to WISP_PROXY {p}"))?
+        }
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let bind: SocketAddr = match local_ip {
@@ -331,7 +321,7 @@ impl SipThread {
                     |p, port| listening.contains(&(p, port)),
                     session_id(),
                     share.as_ref().map(|(_, public)| public),
-                    |id| crate::engine::stream_by_id(id).is_some(),
+                    |id| crate::table::stream_by_id(id).is_some(),
                 );
                 match answered {
                     Ok(acc) => {
@@ -348,7 +338,7 @@ impl SipThread {
                                     &theirs.key_share,
                                     &ours,
                                 ) {
-                                    Ok(key) => Some(crate::engine::Keys {
+                                    Ok(key) => Some(crate::table::Keys {
                                         key,
                                         id: theirs.stream,
                                     }),
@@ -363,17 +353,20 @@ impl SipThread {
                         self.ua.answer(&call, 200, Some(acc.answer.into()), now);
                         let peer_sip = self.peer_sip(&call);
                         match (acc.proto, mobility) {
-                            (ChannelProto::Udp, Some(keys)) => crate::engine::answered_datagram(
-                                call.clone(),
-                                keys,
-                                acc.caller,
-                                SocketAddr::new(self.local_ip, acc.port),
-                                from.clone(),
-                            ),
+                            (ChannelProto::Udp, Some(keys)) => {
+                                crate::table::answered_datagram(
+                                    call.clone(),
+                                    keys,
+                                    acc.caller,
+                                    SocketAddr::new(self.local_ip, acc.port),
+                                    from.clone(),
+                                );
+                                crate::status::ensure();
+                            }
                             (ChannelProto::Udp, None) => {}
-                            (ChannelProto::Tcp, mobility) => crate::engine::expect_caller(
+                            (ChannelProto::Tcp, mobility) => crate::table::expect_caller(
                                 acc.caller,
-                                crate::engine::Expected {
+                                crate::table::Expected {
                                     call: call.clone(),
                                     mobility,
                                     peer_sip,
@@ -401,7 +394,7 @@ impl SipThread {
                             (Some(secret), Some(ours), Some(theirs)) => {
                                 match keys::derive(secret, &theirs, &call, &ours.key_share, &theirs)
                                 {
-                                    Ok(key) => Some(crate::engine::Keys {
+                                    Ok(key) => Some(crate::table::Keys {
                                         key,
                                         id: ours.stream,
                                     }),
@@ -448,7 +441,7 @@ impl SipThread {
             UaEvent::ReinviteDone { call, code, .. } => self.move_answered(&call, code, now),
             UaEvent::CallEnded { call, .. } => {
                 self.connects.remove(&call);
-                crate::engine::forget_call(&call);
+                crate::table::forget_call(&call);
             }
             UaEvent::CallConfirmed { .. } | UaEvent::Unregistered | UaEvent::OptionsDone { .. } => {
             }
@@ -469,7 +462,7 @@ impl SipThread {
     /// longer the one the routes pick.
     fn net_changed(&mut self, now: Instant, since: Instant) {
         if let Some(proxy) = self.proxy {
-            if let Some(ip) = route_ip(proxy) {
+            if let Some(ip) = crate::routes::route_ip(proxy) {
                 if ip != self.local_ip {
                     info!("SIP address {} -> {ip}", self.local_ip);
                     self.local_ip = ip;
@@ -481,13 +474,13 @@ impl SipThread {
                 }
             }
         }
-        for stream in crate::engine::mobile_streams() {
+        for stream in crate::table::mobile_streams() {
             let Some(mob) = stream.mobility.as_ref() else {
                 continue;
             };
             let old = *mob.local_ip.lock();
             let peer = *mob.peer_data.lock();
-            let new = route_ip(peer);
+            let new = crate::routes::route_ip(peer);
             if new == Some(old) {
                 continue;
             }
@@ -499,7 +492,7 @@ impl SipThread {
                     *mob.local_ip.lock() = new;
                     // A connected UDP socket keeps the source address it
                     // chose at connect(): connecting again picks the new one.
-                    crate::engine::retarget(&stream, peer);
+                    crate::table::retarget(&stream, peer);
                     self.send_move(mob, new, now);
                 }
                 continue;
@@ -538,7 +531,7 @@ impl SipThread {
 
     /// The re-INVITE that tells the peer (and the proxies) where we are
     /// now: counter and MAC so nobody else can say it for us.
-    fn send_move(&mut self, mob: &crate::mover::Mobility, new: IpAddr, now: Instant) {
+    fn send_move(&mut self, mob: &crate::mobility::Mobility, new: IpAddr, now: Instant) {
         let counter = mob
             .moves_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -590,7 +583,7 @@ impl SipThread {
         m.sent = sent;
         if !sent {
             debug!("call {call}: move re-INVITE waits for the offer in flight");
-        } else if let Some(s) = crate::engine::stream_by_call(call) {
+        } else if let Some(s) = crate::table::stream_by_call(call) {
             if let Some(mob) = s.mobility.as_ref() {
                 mob.log.invite_sent(Instant::now());
             }
@@ -615,7 +608,7 @@ impl SipThread {
             warn!("call {call}: our move's re-INVITE got {code}");
         }
         self.moves_out.remove(call);
-        if let Some(s) = crate::engine::stream_by_call(call) {
+        if let Some(s) = crate::table::stream_by_call(call) {
             if let Some(mob) = s.mobility.as_ref() {
                 mob.log.answered(&mob.id, Instant::now(), code);
             }
@@ -625,7 +618,7 @@ impl SipThread {
     /// A re-INVITE from the peer: a move only if its MAC and counter check
     /// out; anything else is refused and the stream goes on as it was.
     fn peer_moved(&mut self, call: &str, body: &[u8], now: Instant) {
-        let Some(stream) = crate::engine::stream_by_call(call) else {
+        let Some(stream) = crate::table::stream_by_call(call) else {
             self.ua.answer(call, 488, None, now);
             return;
         };
@@ -645,7 +638,7 @@ impl SipThread {
                     ChannelProto::Tcp => *mob.peer_sip.lock() = Some(m.addr),
                     ChannelProto::Udp => {
                         *mob.peer_data.lock() = m.addr;
-                        crate::engine::retarget(&stream, m.addr);
+                        crate::table::retarget(&stream, m.addr);
                     }
                 }
                 let ours = Move {
@@ -695,7 +688,7 @@ fn start_watcher(tx: Sender<Command>, waker: Waker) {
                 if p.revents != 0 {
                     let _ = w.on_readable(now);
                     // Movers waiting for a route look again at once.
-                    bump_net_epoch();
+                    crate::routes::bump_net_epoch();
                 }
                 let since = w.pending_since().unwrap_or(now);
                 if w.handle_timeout(now).is_some() {
@@ -709,32 +702,6 @@ fn start_watcher(tx: Sender<Command>, waker: Waker) {
     if let Err(e) = spawned {
         warn!("cannot start the address watcher: {e}");
     }
-}
-
-/// Counts batches of netlink events, for threads that wait for the
-/// network to change (a mover while the host has no route) without
-/// waiting for the coalesced notification.
-static NET_EPOCH: Mutex<u64> = Mutex::new(0);
-static NET_EPOCH_CV: parking_lot::Condvar = parking_lot::Condvar::new();
-
-fn bump_net_epoch() {
-    *NET_EPOCH.lock() += 1;
-    NET_EPOCH_CV.notify_all();
-}
-
-/// The current count of netlink event batches.
-pub fn net_epoch() -> u64 {
-    *NET_EPOCH.lock()
-}
-
-/// Wait until netlink events arrive after `seen` (or `timeout`); returns
-/// the count to wait on next.
-pub fn wait_net_change(seen: u64, timeout: Duration) -> u64 {
-    let mut e = NET_EPOCH.lock();
-    if *e == seen {
-        NET_EPOCH_CV.wait_for(&mut e, timeout);
-    }
-    *e
 }
 
 fn describe(code: u16) -> String {

@@ -179,7 +179,7 @@ fn errno() -> c_int {
 }
 
 fn set_errno(e: c_int) {
-    crate::engine::set_errno(e)
+    crate::sock::set_errno(e)
 }
 
 /// The program's own blocking mode for the socket, read from the file.

@@ -17,8 +17,8 @@
 pub mod json;
 pub mod place;
 
-use crate::engine::{self, Stream};
 use crate::real;
+use crate::table::{self, Stream};
 use libc::c_int;
 use std::ffi::CString;
 use std::net::SocketAddr;
@@ -437,7 +437,7 @@ fn read_streams() -> (Vec<StreamView>, usize) {
         }
     }
     let _done = Done;
-    let (streams, total) = engine::snapshot(MAX_STREAMS);
+    let (streams, total) = table::snapshot(MAX_STREAMS);
     let views = streams.iter().filter_map(|(s, fds)| view(s, fds)).collect();
     (views, total)
 }
@@ -452,9 +452,9 @@ fn view(s: &Arc<Stream>, fds: &[c_int]) -> Option<StreamView> {
     };
     let (peer, local) = match fds.first() {
         Some(&fd) => {
-            let a = engine::addresses(fd);
+            let a = table::addresses(fd);
             // Closed (and the number perhaps reused) since the snapshot.
-            if !engine::still_names(fd, s) {
+            if !table::still_names(fd, s) {
                 return None;
             }
             a
