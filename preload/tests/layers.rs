@@ -85,7 +85,10 @@ fn the_modules_depend_one_way() {
     let mut done = BTreeSet::new();
     for node in g.keys() {
         if let Some(c) = cycle(&g, node, &mut Vec::new(), &mut done) {
-            panic!("modules depend on each other in a circle: {}", c.join(" -> "));
+            panic!(
+                "modules depend on each other in a circle: {}",
+                c.join(" -> ")
+            );
         }
     }
 }
