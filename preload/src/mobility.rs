@@ -21,9 +21,10 @@ pub struct Mobility {
     /// TCP streams resume on a new connection; UDP ones are re-pointed.
     pub proto: sipcore::sdp::ChannelProto,
     /// The peer's SIP address (TCP): where resumed connections go. Set at
-    /// the start; after that written only by the SIP thread, from the
-    /// peer's authenticated move re-INVITEs (numbered, so an older one never
-    /// overwrites a newer one).
+    /// the start; after that from the peer's authenticated move re-INVITEs
+    /// (the SIP thread) and from the source of its newest proven resume
+    /// (the mover), each numbered, so an older one never overwrites a
+    /// newer one of its kind.
     pub peer_sip: Mutex<Option<SocketAddr>>,
     /// The peer's data address, for route checks.
     pub peer_data: Mutex<SocketAddr>,

@@ -787,9 +787,19 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
     // from this one.
     let mut superseded = || mob.gate.lock().superseded(counter);
     run.drive(&got, &mut superseded)?;
-    // We are where the peer reached us. (Where the peer is now, its move
-    // re-INVITE tells the SIP thread: a resume connection may come late,
-    // from an address the peer has left again.)
+    // The peer is where this connection came from, if no newer attempt
+    // was proven meanwhile (a late connection may come from an address
+    // the peer has left again); its SIP port is what it was. The re-INVITE
+    // says the same when it arrives, but a move that completes before the
+    // host's next coalesced netlink notification sends none.
+    if !mob.gate.lock().superseded(counter) {
+        let mut peer_sip = mob.peer_sip.lock();
+        *peer_sip = Some(SocketAddr::new(
+            from.ip(),
+            peer_sip.map_or(from.port(), |a| a.port()),
+        ));
+    }
+    // We are where the peer reached us.
     if let Some(ip) = local {
         *mob.local_ip.lock() = ip;
     }
