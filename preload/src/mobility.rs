@@ -31,9 +31,6 @@ pub struct Mobility {
     /// The address this side's data connection uses now: written by the
     /// mover (TCP) or the SIP thread (UDP, which has no mover).
     pub local_ip: Mutex<IpAddr>,
-    /// The address our last move re-INVITE named (the one the stream was
-    /// set up from at first): written by the SIP thread only.
-    pub announced: Mutex<Option<IpAddr>>,
     /// This side's data port (datagram streams announce it in a move).
     pub local_port: std::sync::atomic::AtomicU16,
     /// Resume attempt numbers, ours and the peer's as taken.
@@ -80,7 +77,6 @@ impl Mobility {
             peer_sip: Mutex::new(peer_sip),
             peer_data: Mutex::new(peer_data),
             local_ip: Mutex::new(local_ip),
-            announced: Mutex::new(Some(local_ip)),
             local_port: std::sync::atomic::AtomicU16::new(0),
             gate: Mutex::new(Gate::default()),
             moves_sent: AtomicU64::new(0),

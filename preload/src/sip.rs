@@ -482,11 +482,6 @@ impl SipThread {
             let peer = *mob.peer_data.lock();
             let new = crate::routes::route_ip(peer);
             if new == Some(old) {
-                // The mover may have completed while the host had no route
-                // yet, when no re-INVITE could say where we are: say it now.
-                if let Some(new) = new.filter(|n| *mob.announced.lock() != Some(*n)) {
-                    self.send_move(mob, new, now);
-                }
                 continue;
             }
             if mob.proto == ChannelProto::Udp {
@@ -537,7 +532,6 @@ impl SipThread {
     /// The re-INVITE that tells the peer (and the proxies) where we are
     /// now: counter and MAC so nobody else can say it for us.
     fn send_move(&mut self, mob: &crate::mobility::Mobility, new: IpAddr, now: Instant) {
-        *mob.announced.lock() = Some(new);
         let counter = mob
             .moves_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
