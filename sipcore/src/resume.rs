@@ -405,6 +405,9 @@ enum State {
     Freeze,
     /// Dialler: Proof sent, waiting for the Ack.
     AwaitAck,
+    /// Answerer, make-before-break: Ack sent, waiting for the dialler's
+    /// count after its drain (Resume) before resending.
+    AwaitResume,
     /// Handshake done: the peer's bytes go to the stream, placed by
     /// offset from `inbound`.
     Stream,
@@ -506,7 +509,10 @@ impl Exchange {
     /// Whether the freeze was asked for and made (the stream is this
     /// attempt's until it ends).
     pub fn holds_stream(&self) -> bool {
-        matches!(self.state, State::AwaitAck | State::Stream)
+        matches!(
+            self.state,
+            State::AwaitAck | State::AwaitResume | State::Stream
+        )
     }
 
     /// Where the next stream byte this connection brings sits: the data
@@ -573,6 +579,24 @@ impl Exchange {
                     self.claimed_rx = p.rx;
                     self.claimed_from = p.from;
                     self.state = State::Commit;
+                }
+                (State::AwaitResume, Msg::Resume(r)) => {
+                    let (_, inn) = self.keys.as_ref().unwrap();
+                    if !self.binding.as_ref().unwrap().resume_ok(inn, &r) {
+                        return Err(ResumeError::BadMac);
+                    }
+                    let view = view
+                        .as_deref_mut()
+                        .ok_or(ResumeError::Misuse("a Resume before the freeze"))?;
+                    if r.rx < self.claimed_rx {
+                        return Err(ResumeError::Gap {
+                            from: self.claimed_rx,
+                            rx: r.rx,
+                        });
+                    }
+                    plan(view.ring(), r.rx)?;
+                    self.resend_at = Some(r.rx);
+                    self.state = State::Stream;
                 }
                 (State::AwaitAck, Msg::Ack(a)) => {
                     let (_, inn) = self.keys.as_ref().unwrap();
@@ -681,10 +705,20 @@ impl Exchange {
                     self.claimed_from
                 };
                 self.inbound = Cursor { next: inbound };
-                self.out
-                    .extend(Msg::Ack(binding.ack(out, rx, from)).encode());
-                self.resend_at = Some(from);
-                self.state = State::Stream;
+                if self.claimed_from == LAZY {
+                    // Make-before-break: the old path still delivers our
+                    // flight, which the dialler drains on this Ack; it says
+                    // what it then has (Resume) and we resend from there,
+                    // so nothing crosses the new connection twice.
+                    self.out
+                        .extend(Msg::Ack(binding.ack(out, rx, LAZY)).encode());
+                    self.state = State::AwaitResume;
+                } else {
+                    self.out
+                        .extend(Msg::Ack(binding.ack(out, rx, from)).encode());
+                    self.resend_at = Some(from);
+                    self.state = State::Stream;
+                }
                 Ok(())
             }
             _ => Err(ResumeError::Misuse("frozen() not asked for")),
@@ -697,6 +731,22 @@ impl Exchange {
         // answerer no longer holds: they are in the old socket.
         view.drain_old();
         let rx = view.rx();
+        if a.from == LAZY {
+            // The answerer waits for our count after this drain and
+            // resends from it.
+            if self.mode != Resend::Lazy {
+                return Err(ResumeError::Unexpected);
+            }
+            plan(view.ring(), a.rx)?;
+            let binding = self.binding.as_ref().unwrap();
+            let out = &self.keys.as_ref().unwrap().0;
+            self.out
+                .extend(Msg::Resume(binding.resume(out, rx)).encode());
+            self.inbound = Cursor { next: rx };
+            self.resend_at = Some(a.rx);
+            self.state = State::Stream;
+            return Ok(());
+        }
         if a.from > rx {
             return Err(ResumeError::Gap { from: a.from, rx });
         }

@@ -129,7 +129,10 @@ fn a_whole_eager_exchange_is_exact() {
 }
 
 #[test]
-fn a_lazy_dialler_resends_from_the_answerers_rx_after_the_ack() {
+fn make_before_break_resends_nothing_twice() {
+    // The dialler (rx 50 at its freeze) sent 100, of which the answerer
+    // had 90 at its own; the answerer sent 80, of which 20 more arrive at
+    // the dialler's old socket after its freeze, through the old path.
     let mut p = pair(Resend::Lazy);
     let mut dv = View::new(100, 20, 50);
     let mut av = View::new(80, 50, 90);
@@ -144,13 +147,29 @@ fn a_lazy_dialler_resends_from_the_answerers_rx_after_the_ack() {
     p.gate.commit(1).unwrap();
     p.answerer.frozen(&mut av).unwrap();
     let ack = drain_out(&mut p.answerer, Some(&av.ring));
+    assert_eq!(ack.len(), wire::ACK_LEN, "nothing behind a lazy Ack");
+    dv.old_queue = 20;
     let mut input = &ack[..];
     p.dialler.input(&mut input, Some(&mut dv)).unwrap();
-    let data = drain_out(&mut p.dialler, Some(&dv.ring));
-    assert_eq!(data, (90..100).map(|i| i as u8).collect::<Vec<_>>());
-    let mut input = &data[..];
+    assert_eq!(dv.rx, 70, "drained the old path on the Ack");
+    // Resume{70}, then the dialler's own bytes from the answerer's rx.
+    let out = drain_out(&mut p.dialler, Some(&dv.ring));
+    assert_eq!(out.len(), wire::RESUME_LEN + 10);
+    assert_eq!(
+        &out[wire::RESUME_LEN..],
+        &(90..100).map(|i| i as u8).collect::<Vec<_>>()[..]
+    );
+    let mut input = &out[..];
     p.answerer.input(&mut input, Some(&mut av)).unwrap();
     assert_eq!(av.rx, 100);
+    // The answerer resends from 70: only what the old path did not bring.
+    let back = drain_out(&mut p.answerer, Some(&av.ring));
+    assert_eq!(back, (70..80).map(|i| i as u8).collect::<Vec<_>>());
+    assert!(p.answerer.is_done(&av.ring));
+    let mut input = &back[..];
+    p.dialler.input(&mut input, Some(&mut dv)).unwrap();
+    assert_eq!(dv.rx, 80);
+    assert!(p.dialler.is_done(&dv.ring));
 }
 
 #[test]

@@ -17,7 +17,11 @@
 //! Challenge mac = HMAC(answerer's key, "challenge" | stream | counter | nonce_a | nonce_b)
 //! Proof     mac = HMAC(dialler's key,  "proof"     | stream | counter | nonce_a | nonce_b | rx | from)
 //! Ack       mac = HMAC(answerer's key, "ack"       | stream | counter | nonce_a | nonce_b | rx | from)
+//! Resume    mac = HMAC(dialler's key,  "resume"    | stream | counter | nonce_a | nonce_b | rx | 0)
 //! ```
+//!
+//! Resume (type 5, make-before-break only) has the layout of a Proof with
+//! `from` = 0.
 //!
 //! Integers are big-endian. The keys are the stream's per-direction resume
 //! subkeys ([`crate::keys`]), so a message reflected back to its maker
@@ -34,6 +38,7 @@ pub const INIT_LEN: usize = HEADER_LEN + 16 + 8 + 16 + 32;
 pub const CHALLENGE_LEN: usize = HEADER_LEN + 16 + 32;
 pub const PROOF_LEN: usize = HEADER_LEN + 8 + 8 + 32;
 pub const ACK_LEN: usize = HEADER_LEN + 8 + 8 + 32;
+pub const RESUME_LEN: usize = HEADER_LEN + 8 + 8 + 32;
 /// The longest message: what a [`Decoder`] holds at most.
 pub const MAX_LEN: usize = INIT_LEN;
 
@@ -41,6 +46,7 @@ const TYPE_INIT: u8 = 1;
 const TYPE_CHALLENGE: u8 = 2;
 const TYPE_PROOF: u8 = 3;
 const TYPE_ACK: u8 = 4;
+const TYPE_RESUME: u8 = 5;
 
 pub type Nonce = [u8; 16];
 pub type Tag = [u8; 32];
@@ -93,12 +99,22 @@ pub struct Ack {
     pub mac: Tag,
 }
 
+/// Make-before-break only: the dialler's count after draining its old
+/// connection on the Ack (the old path delivered the answerer's flight),
+/// from which the answerer resends. The `from` slot of the layout is 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub rx: u64,
+    pub mac: Tag,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     Init(Init),
     Challenge(Challenge),
     Proof(Proof),
     Ack(Ack),
+    Resume(Resume),
 }
 
 /// What every MAC after the Init covers: the stream, the attempt and both
@@ -168,6 +184,17 @@ impl Binding {
     pub fn ack_ok(&self, key: &MacKey, a: &Ack) -> bool {
         self.verify(key, b"ack", Some((a.rx, a.from)), &a.mac)
     }
+
+    pub fn resume(&self, key: &MacKey, rx: u64) -> Resume {
+        Resume {
+            rx,
+            mac: self.tag(key, b"resume", Some((rx, 0))),
+        }
+    }
+
+    pub fn resume_ok(&self, key: &MacKey, r: &Resume) -> bool {
+        self.verify(key, b"resume", Some((r.rx, 0)), &r.mac)
+    }
 }
 
 impl Init {
@@ -222,6 +249,7 @@ impl Msg {
             }
             Msg::Proof(m) => counts(TYPE_PROOF, m.rx, m.from, &m.mac),
             Msg::Ack(m) => counts(TYPE_ACK, m.rx, m.from, &m.mac),
+            Msg::Resume(m) => counts(TYPE_RESUME, m.rx, 0, &m.mac),
         }
     }
 }
@@ -244,6 +272,7 @@ fn msg_len(kind: u8) -> Result<usize, WireError> {
         TYPE_CHALLENGE => Ok(CHALLENGE_LEN),
         TYPE_PROOF => Ok(PROOF_LEN),
         TYPE_ACK => Ok(ACK_LEN),
+        TYPE_RESUME => Ok(RESUME_LEN),
         other => Err(WireError::BadType(other)),
     }
 }
@@ -283,6 +312,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Msg, usize)>, WireError> {
         TYPE_PROOF => Msg::Proof(Proof {
             rx: u64_at(buf, 6),
             from: u64_at(buf, 14),
+            mac: array_at(buf, 22),
+        }),
+        TYPE_RESUME => Msg::Resume(Resume {
+            rx: u64_at(buf, 6),
             mac: array_at(buf, 22),
         }),
         _ => Msg::Ack(Ack {
