@@ -20,12 +20,16 @@ pub struct Mobility {
     pub call_id: String,
     /// TCP streams resume on a new connection; UDP ones are re-pointed.
     pub proto: sipcore::sdp::ChannelProto,
-    /// The peer's SIP address (TCP): where resumed connections go. Set at
-    /// the start; after that from the peer's authenticated move re-INVITEs
-    /// (the SIP thread) and from the source of its newest proven resume
-    /// (the mover), each numbered, so an older one never overwrites a
-    /// newer one of its kind.
-    pub peer_sip: Mutex<Option<SocketAddr>>,
+    /// Where the peer's SIP port is (TCP: where resumed connections go),
+    /// as each source last said it, stamped from one sequence so the newer
+    /// wins ([`Mobility::peer_sip`]). Each has one writer: the SIP thread
+    /// (the peer's authenticated, numbered move re-INVITEs) and the mover
+    /// (the source of the peer's newest proven resume; a move that completes
+    /// before the host's next coalesced netlink notification sends no
+    /// re-INVITE, so this is the one that always comes). The first offer or
+    /// answer sets the re-INVITE one.
+    pub peer_by_invite: Mutex<(u64, Option<SocketAddr>)>,
+    pub peer_by_resume: Mutex<(u64, Option<SocketAddr>)>,
     /// The peer's data address, for route checks.
     pub peer_data: Mutex<SocketAddr>,
     /// The address this side's data connection uses now: written by the
@@ -74,7 +78,8 @@ impl Mobility {
             id,
             call_id,
             proto,
-            peer_sip: Mutex::new(peer_sip),
+            peer_by_invite: Mutex::new((0, peer_sip)),
+            peer_by_resume: Mutex::new((0, None)),
             peer_data: Mutex::new(peer_data),
             local_ip: Mutex::new(local_ip),
             local_port: std::sync::atomic::AtomicU16::new(0),
@@ -91,6 +96,23 @@ impl Mobility {
             last_stall_us: AtomicU64::new(0),
             last_resent: AtomicU64::new(0),
         }
+    }
+
+    /// The peer's SIP address as last learned from either source.
+    pub fn peer_sip(&self) -> Option<SocketAddr> {
+        let a = *self.peer_by_invite.lock();
+        let b = *self.peer_by_resume.lock();
+        if b.0 > a.0 {
+            b.1
+        } else {
+            a.1
+        }
+    }
+
+    /// A stamp later than every one given before.
+    pub fn stamp() -> u64 {
+        static SEQ: AtomicU64 = AtomicU64::new(1);
+        SEQ.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A move completed: its stall and resent bytes, then the count (so a

@@ -172,7 +172,7 @@ pub fn initiate(stream: Arc<Stream>, deadline: Instant) {
             seen = crate::routes::wait_net_change(seen, Duration::from_millis(100));
             continue;
         };
-        let Some(peer) = *mob.peer_sip.lock() else {
+        let Some(peer) = mob.peer_sip() else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
@@ -271,7 +271,7 @@ fn initiate_once(
     peer: SocketAddr,
     st: &mut Stamps,
 ) -> Result<u64, Failed> {
-    let moved_elsewhere = || *mob.peer_sip.lock() != Some(peer);
+    let moved_elsewhere = || mob.peer_sip() != Some(peer);
     let sock =
         dial(new_ip, peer, HANDSHAKE, &moved_elsewhere).map_err(|e| format!("connect: {e}"))?;
     st.tcp_up = Some(Instant::now());
@@ -793,11 +793,8 @@ fn respond(sock: TcpStream, from: SocketAddr, first: Vec<u8>) -> Result<(), Fail
     // says the same when it arrives, but a move that completes before the
     // host's next coalesced netlink notification sends none.
     if !mob.gate.lock().superseded(counter) {
-        let mut peer_sip = mob.peer_sip.lock();
-        *peer_sip = Some(SocketAddr::new(
-            from.ip(),
-            peer_sip.map_or(from.port(), |a| a.port()),
-        ));
+        let port = mob.peer_sip().map_or(from.port(), |a| a.port());
+        *mob.peer_by_resume.lock() = (Mobility::stamp(), Some(SocketAddr::new(from.ip(), port)));
     }
     // We are where the peer reached us.
     if let Some(ip) = local {

@@ -635,7 +635,10 @@ impl SipThread {
                     mob.id, m.addr, m.counter
                 );
                 match mob.proto {
-                    ChannelProto::Tcp => *mob.peer_sip.lock() = Some(m.addr),
+                    ChannelProto::Tcp => {
+                        *mob.peer_by_invite.lock() =
+                            (crate::mobility::Mobility::stamp(), Some(m.addr))
+                    }
                     ChannelProto::Udp => {
                         *mob.peer_data.lock() = m.addr;
                         crate::table::retarget(&stream, m.addr);
