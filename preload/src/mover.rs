@@ -365,6 +365,7 @@ impl<'a> Run<'a> {
         let mut carry: Vec<u8> = first.to_vec();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(30);
+        let mut peer_fin = false;
         let result = loop {
             if Instant::now() > deadline {
                 break Err("resend did not finish".into());
@@ -481,7 +482,8 @@ impl<'a> Run<'a> {
                 .is_some();
             let mut p = libc::pollfd {
                 fd: sfd,
-                events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
+                events: if peer_fin { 0 } else { libc::POLLIN }
+                    | if want_out { libc::POLLOUT } else { 0 },
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
@@ -515,14 +517,23 @@ impl<'a> Run<'a> {
                     real::recv(sfd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
                 };
                 if n == 0 {
-                    break Err("peer closed the new connection (refused)".into());
+                    if !self.ex.established() {
+                        break Err("peer closed the new connection (refused)".into());
+                    }
+                    // After the handshake an end of file is the peer
+                    // program's FIN (a half-closed stream), sent again
+                    // behind its resend: the program reads it once the
+                    // socket is its own. Our own resend goes on.
+                    peer_fin = true;
                 }
                 if n > 0 {
                     carry.extend_from_slice(&buf[..n as usize]);
                     continue;
                 }
             }
-            if p.revents & (libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLIN == 0 {
+            if p.revents & libc::POLLERR != 0
+                || (p.revents & libc::POLLHUP != 0 && p.revents & libc::POLLIN == 0 && !peer_fin)
+            {
                 break Err("new connection failed".into());
             }
         };
