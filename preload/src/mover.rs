@@ -358,7 +358,6 @@ impl<'a> Run<'a> {
     fn drive(&mut self, first: &[u8], superseded: &mut dyn FnMut() -> bool) -> Result<(), Failed> {
         let fd_of = || table::fds_of(self.stream).first().copied();
         let sfd = self.sock.as_raw_fd();
-        let _ = &self.sock;
         let mut frozen: Option<crate::stream::Frozen<'a>> = None;
         let mut old_fd: c_int = -1;
         let mut buf = vec![0u8; 64 * 1024];
